@@ -1,0 +1,142 @@
+"""The base config every file in configs/ overrides, and its validation."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ddpm_jax.errors import UserError
+
+from ddpm_jax.schedules import BETA_SCHEDULES
+
+
+class ConfigError(UserError):
+  """A config that cannot run; the message is one line for the user."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'mnist5k'       # 'mnist5k' (embedded) or a TFDS name
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.split = 'train'
+  c.data.image_size = 28        # images are resized to this if it differs
+  c.data.channels = 1
+  c.data.num_classes = 10
+  c.data.random_flip = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.ch = 32
+  c.model.ch_mult = (1, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.attn_resolutions = (14,)
+  c.model.dropout = 0.1
+  c.model.num_groups = 8
+  c.model.class_conditional = False
+  c.model.dtype = 'float32'
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = 'linear'
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.beta_start = 1e-4
+  c.diffusion.beta_end = 0.02
+
+  c.training = ml_collections.ConfigDict()
+  c.training.batch_size = 32
+  c.training.num_steps = 1000
+  c.training.learning_rate = 1e-3
+  c.training.warmup_steps = 100
+  c.training.grad_clip = 1.0
+  c.training.ema_decay = 0.995
+  c.training.label_dropout = 0.1   # classifier-free guidance label drop rate
+  c.training.nan_policy = 'stop'   # 'stop' or 'skip' (up to max_skipped_steps)
+  c.training.max_skipped_steps = 0
+  c.training.log_every = 50
+  c.training.checkpoint_every = 250
+  c.training.keep_checkpoints = 3
+  c.training.sample_every = 0     # 0: only at the end
+  c.training.num_sample_images = 36
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.sampler = 'ddpm'
+  c.sampling.num_steps = 0        # 0: all T steps
+  c.sampling.var_type = 'fixedlarge'
+  c.sampling.clip_x0 = True
+  c.sampling.spacing = 'uniform'
+  return c
+
+
+def model_signature(config) -> dict:
+  """The parts of a config that fix the parameter tree and its meaning."""
+  return {
+      'model': {k: (list(v) if isinstance(v, (tuple, list)) else v)
+                for k, v in config.model.to_dict().items() if k != 'dropout'},
+      'image_size': config.data.image_size,
+      'channels': config.data.channels,
+      'num_classes': config.data.num_classes,
+  }
+
+
+def validate(config, num_devices: int = 1) -> None:
+  """Raises ConfigError with one line naming the first problem found."""
+  t, m, d = config.training, config.model, config.data
+  if t.batch_size <= 0:
+    raise ConfigError(f'training.batch_size must be positive, got {t.batch_size}')
+  if t.batch_size % num_devices:
+    raise ConfigError(f'training.batch_size={t.batch_size} does not divide over '
+                      f'{num_devices} devices; use a multiple of {num_devices}')
+  if t.num_steps <= 0:
+    raise ConfigError(f'training.num_steps must be positive, got {t.num_steps}')
+  for name in ('checkpoint_every', 'log_every', 'keep_checkpoints'):
+    if t[name] <= 0:
+      raise ConfigError(f'training.{name} must be positive, got {t[name]}')
+  if t.sample_every < 0 or t.num_sample_images <= 0:
+    raise ConfigError('training.sample_every must be >= 0 and '
+                      'training.num_sample_images positive')
+  if not 0.0 <= t.ema_decay < 1.0:
+    raise ConfigError(f'training.ema_decay must be in [0, 1), got {t.ema_decay}')
+  if t.learning_rate <= 0 or t.warmup_steps < 0 or t.grad_clip <= 0:
+    raise ConfigError('training.learning_rate and grad_clip must be positive, '
+                      'warmup_steps non-negative')
+  if not 0.0 <= m.dropout < 1.0:
+    raise ConfigError(f'model.dropout must be in [0, 1), got {m.dropout}')
+  if m.ch <= 0 or m.num_res_blocks <= 0 or not m.ch_mult:
+    raise ConfigError('model.ch, model.num_res_blocks and model.ch_mult must be '
+                      'positive and non-empty')
+  if m.dtype not in ('float32', 'bfloat16', 'float16'):
+    raise ConfigError(f"model.dtype must be 'float32', 'bfloat16' or 'float16', "
+                      f'got {m.dtype!r}')
+  factor = 2 ** (len(m.ch_mult) - 1)
+  if d.image_size <= 0 or d.image_size % factor:
+    raise ConfigError(
+        f'data.image_size={d.image_size} cannot be halved {len(m.ch_mult) - 1} '
+        f'times by a UNet with ch_mult={tuple(m.ch_mult)}; use a multiple of '
+        f'{factor}')
+  for c in {m.ch * k for k in m.ch_mult} | {m.ch}:
+    if c % m.num_groups:
+      raise ConfigError(f'model.num_groups={m.num_groups} does not divide the '
+                        f'channel count {c}')
+  if config.diffusion.schedule not in BETA_SCHEDULES:
+    raise ConfigError(f'diffusion.schedule={config.diffusion.schedule!r} is not '
+                      f'one of {sorted(BETA_SCHEDULES)}')
+  if config.diffusion.num_timesteps <= 1:
+    raise ConfigError('diffusion.num_timesteps must be at least 2')
+  if not 0 < config.diffusion.beta_start < config.diffusion.beta_end < 1:
+    raise ConfigError('diffusion betas need 0 < beta_start < beta_end < 1')
+  if d.channels not in (1, 3):
+    raise ConfigError(f'data.channels must be 1 or 3, got {d.channels}')
+  if m.class_conditional and d.num_classes <= 0:
+    raise ConfigError('model.class_conditional needs data.num_classes > 0')
+  if t.nan_policy not in ('stop', 'skip') or t.max_skipped_steps < 0:
+    raise ConfigError("training.nan_policy must be 'stop' or 'skip' and "
+                      'training.max_skipped_steps non-negative')
+  if not 0.0 <= t.label_dropout <= 1.0:
+    raise ConfigError('training.label_dropout must be in [0, 1]')
+  s = config.sampling
+  if s.var_type not in ('fixedlarge', 'fixedsmall'):
+    raise ConfigError(f"sampling.var_type must be 'fixedlarge' or 'fixedsmall', "
+                      f'got {s.var_type!r}')
+  if not 0 <= s.num_steps <= config.diffusion.num_timesteps:
+    raise ConfigError(f'sampling.num_steps={s.num_steps} must be in '
+                      f'[0, {config.diffusion.num_timesteps}] (0 means all)')

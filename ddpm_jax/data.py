@@ -1,0 +1,145 @@
+"""Data: the embedded MNIST-5k default and TFDS datasets via `tfds.data_source`.
+
+The batch for step s is a pure function of (seed, s): each epoch is a fresh
+permutation seeded by (seed, epoch). The data-iterator state is therefore the
+step alone, which makes resume exact and lets every process read only its own
+slice of the global batch. Batches stay uint8 on the host; scaling to [-1, 1],
+resizing and flipping happen on the device inside the train step.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_jax.errors import UserError
+
+EMBEDDED = 'mnist5k'
+
+
+class DataError(UserError):
+  """A dataset that cannot be read; the message is one line for the user."""
+
+
+class Source(Protocol):
+  def __len__(self) -> int: ...
+  def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ArraySource:
+  """Images [N, H, W, C] uint8 and labels [N] held in memory."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    if images.ndim == 3:
+      images = images[..., None]
+    self.images, self.labels = images, labels.astype(np.int32)
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def read(self, idx):
+    return self.images[idx], self.labels[idx]
+
+
+class TFDSSource:
+  """Random access to a prepared TFDS split, without TensorFlow."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def read(self, idx):
+    getitems = getattr(self.source, '__getitems__', None)
+    items = getitems(list(map(int, idx))) if getitems else [self.source[int(i)] for i in idx]
+    images = np.stack([np.asarray(it['image']) for it in items])
+    if images.ndim == 3:
+      images = images[..., None]
+    labels = np.array([int(it.get('label', 0)) for it in items], np.int32)
+    return images, labels
+
+
+def load_embedded_mnist() -> ArraySource:
+  """The 5,000-image MNIST subset (500 per class, sorted by label)."""
+  ref = importlib.resources.files('ddpm_jax') / 'data_files' / 'mnist5k.npz'
+  with importlib.resources.as_file(ref) as path, np.load(path) as f:
+    return ArraySource(f['images'], f['labels'])
+
+
+def load_source(data_cfg) -> Source:
+  """The configured dataset; a TFDS dataset must already be prepared."""
+  if data_cfg.name == EMBEDDED:
+    return load_embedded_mnist()
+  import tensorflow_datasets as tfds  # imported lazily: slow, and optional
+  try:
+    src = tfds.data_source(data_cfg.name, split=data_cfg.split,
+                           data_dir=data_cfg.data_dir, download=False)
+  except Exception as e:  # tfds raises several types for "not prepared"
+    where = data_cfg.data_dir or '~/tensorflow_datasets'
+    raise DataError(
+        f"TFDS dataset '{data_cfg.name}' split '{data_cfg.split}' is not "
+        f"prepared in {where} ({type(e).__name__}); on a machine with internet "
+        f"run: python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.builder('{data_cfg.name}', data_dir={data_cfg.data_dir!r})"
+        f".download_and_prepare(file_format='array_record')\"") from None
+  return TFDSSource(src)
+
+
+class Batches:
+  """Step-indexed batches: `batch(step)` is this process's slice of the
+  global batch for that step."""
+
+  def __init__(self, source: Source, global_batch: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    if global_batch % process_count:
+      raise DataError(f'global batch {global_batch} does not divide over '
+                      f'{process_count} processes')
+    if len(source) == 0:
+      raise DataError('the dataset is empty')
+    self.source, self.global_batch, self.seed = source, global_batch, seed
+    self.local = global_batch // process_count
+    self.offset = process_index * self.local
+    self._perm_epoch, self._perm = -1, None
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch != self._perm_epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._perm, self._perm_epoch = rng.permutation(len(self.source)), epoch
+    return self._perm
+
+  def indices(self, step: int) -> np.ndarray:
+    n = len(self.source)
+    pos = step * self.global_batch + self.offset + np.arange(self.local)
+    out = np.empty(self.local, np.int64)
+    for epoch in np.unique(pos // n):
+      sel = pos // n == epoch
+      out[sel] = self._permutation(int(epoch))[pos[sel] % n]
+    return out
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    images, labels = self.source.read(self.indices(step))
+    return {'image': images, 'label': labels}
+
+
+def preprocess(image_BHWC: jax.Array, image_size: int, random_flip: bool,
+               key: jax.Array | None) -> jax.Array:
+  """uint8 → float32 in [-1, 1], resized to `image_size`, optionally flipped."""
+  x = image_BHWC.astype(jnp.float32) / 127.5 - 1.0
+  B, H, W, C = x.shape
+  if (H, W) != (image_size, image_size):
+    x = jax.image.resize(x, (B, image_size, image_size, C), 'bilinear')
+  if random_flip and key is not None:
+    flip = jax.random.bernoulli(key, 0.5, (B, 1, 1, 1))
+    x = jnp.where(flip, x[:, :, ::-1, :], x)
+  return x
+
+
+def to_uint8(x_BHWC) -> np.ndarray:
+  """[-1, 1] floats → uint8 images."""
+  x = np.asarray(x_BHWC, np.float32)
+  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)

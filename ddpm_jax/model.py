@@ -1,0 +1,233 @@
+"""The DDPM UNet noise predictor (Ho et al., 2020, Appendix B) in Flax NNX.
+
+Hot loops do not call the module: `make_apply` returns a pure function of the
+`nnx.split` parameter state that `jax.jit` can trace once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_default_init = nnx.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+_zero_init = nnx.initializers.zeros_init()
+
+
+def timestep_embedding(t_B: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal embedding of (integer) timesteps, as in the paper's code."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32)
+                  / max(half - 1, 1))
+  args = t_B.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class ResBlock(nnx.Module):
+  """GroupNorm → SiLU → conv, + time embedding, GroupNorm → SiLU → dropout → conv."""
+
+  def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float,
+               groups: int, dtype, *, rngs: nnx.Rngs):
+    self.norm1 = nnx.GroupNorm(cin, groups, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.conv1 = nnx.Conv(cin, cout, (3, 3), kernel_init=_default_init,
+                          dtype=dtype, rngs=rngs)
+    self.temb_proj = nnx.Linear(temb_dim, cout, kernel_init=_default_init,
+                                dtype=dtype, rngs=rngs)
+    self.norm2 = nnx.GroupNorm(cout, groups, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.conv2 = nnx.Conv(cout, cout, (3, 3), kernel_init=_zero_init,
+                          dtype=dtype, rngs=rngs)
+    self.skip = (nnx.Linear(cin, cout, kernel_init=_default_init, dtype=dtype,
+                            rngs=rngs) if cin != cout else None)
+    self.dropout = dropout
+
+  def __call__(self, x, temb, key):
+    h = self.conv1(nnx.silu(self.norm1(x)))
+    h = h + self.temb_proj(nnx.silu(temb))[:, None, None, :]
+    h = _dropout(nnx.silu(self.norm2(h)), self.dropout, key)
+    h = self.conv2(h)
+    if self.skip is not None:
+      x = self.skip(x)
+    return x + h
+
+
+class AttnBlock(nnx.Module):
+  """Single-head spatial self-attention with a residual connection."""
+
+  def __init__(self, ch: int, groups: int, dtype, *, rngs: nnx.Rngs):
+    self.norm = nnx.GroupNorm(ch, groups, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.qkv = nnx.Linear(ch, 3 * ch, kernel_init=_default_init, dtype=dtype,
+                          rngs=rngs)
+    self.proj = nnx.Linear(ch, ch, kernel_init=_zero_init, dtype=dtype,
+                           rngs=rngs)
+
+  def __call__(self, x):
+    B, H, W, C = x.shape
+    q, k, v = jnp.split(self.qkv(self.norm(x)).reshape(B, H * W, 3 * C), 3, -1)
+    w = jnp.einsum('bqc,bkc->bqk', q, k) * (C ** -0.5)
+    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
+    h = jnp.einsum('bqk,bkc->bqc', w, v).reshape(B, H, W, C)
+    return x + self.proj(h)
+
+
+class Downsample(nnx.Module):
+  def __init__(self, ch: int, dtype, *, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(ch, ch, (3, 3), strides=2, kernel_init=_default_init,
+                         dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.conv(x)
+
+
+class Upsample(nnx.Module):
+  """Nearest-neighbour ×2 upsampling followed by a 3×3 conv."""
+
+  def __init__(self, ch: int, dtype, *, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(ch, ch, (3, 3), kernel_init=_default_init,
+                         dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return self.conv(x)
+
+
+class UNet(nnx.Module):
+  """ε-prediction UNet; `num_classes > 0` adds a class embedding (index
+  `num_classes` is the null label used for classifier-free guidance)."""
+
+  def __init__(self, *, image_size: int, in_channels: int, ch: int,
+               ch_mult: Sequence[int], num_res_blocks: int,
+               attn_resolutions: Sequence[int], dropout: float = 0.0,
+               num_groups: int = 32, num_classes: int = 0,
+               dtype: str = 'float32', rngs: nnx.Rngs):
+    dt = jnp.dtype(dtype)
+    temb_dim = 4 * ch
+    self.ch = ch
+    self.num_classes = num_classes
+    self.temb1 = nnx.Linear(ch, temb_dim, kernel_init=_default_init, dtype=dt,
+                            rngs=rngs)
+    self.temb2 = nnx.Linear(temb_dim, temb_dim, kernel_init=_default_init,
+                            dtype=dt, rngs=rngs)
+    self.class_emb = (nnx.Embed(num_classes + 1, temb_dim, dtype=dt, rngs=rngs)
+                      if num_classes > 0 else None)
+    self.conv_in = nnx.Conv(in_channels, ch, (3, 3), kernel_init=_default_init,
+                            dtype=dt, rngs=rngs)
+
+    res = image_size
+    chans = [ch]
+    cur = ch
+    down = []
+    for level, mult in enumerate(ch_mult):
+      for _ in range(num_res_blocks):
+        blk = ResBlock(cur, ch * mult, temb_dim, dropout, num_groups, dt,
+                       rngs=rngs)
+        cur = ch * mult
+        attn = (AttnBlock(cur, num_groups, dt, rngs=rngs)
+                if res in attn_resolutions else None)
+        down.append((blk, attn))
+        chans.append(cur)
+      if level != len(ch_mult) - 1:
+        down.append((Downsample(cur, dt, rngs=rngs), None))
+        chans.append(cur)
+        res //= 2
+    self.down = nnx.List([nnx.List(d) for d in down])
+
+    self.mid1 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, rngs=rngs)
+    self.mid_attn = AttnBlock(cur, num_groups, dt, rngs=rngs)
+    self.mid2 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, rngs=rngs)
+
+    up = []
+    for level, mult in reversed(list(enumerate(ch_mult))):
+      for _ in range(num_res_blocks + 1):
+        blk = ResBlock(cur + chans.pop(), ch * mult, temb_dim, dropout,
+                       num_groups, dt, rngs=rngs)
+        cur = ch * mult
+        attn = (AttnBlock(cur, num_groups, dt, rngs=rngs)
+                if res in attn_resolutions else None)
+        up.append((blk, attn))
+      if level != 0:
+        up.append((Upsample(cur, dt, rngs=rngs), None))
+        res *= 2
+    self.up = nnx.List([nnx.List(u) for u in up])
+
+    self.norm_out = nnx.GroupNorm(cur, num_groups, epsilon=1e-6, dtype=dt,
+                                  rngs=rngs)
+    self.conv_out = nnx.Conv(cur, in_channels, (3, 3), kernel_init=_zero_init,
+                             dtype=dt, rngs=rngs)
+
+  def __call__(self, x_BHWC: jax.Array, t_B: jax.Array,
+               y_B: jax.Array | None = None,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Predicts ε; dropout is active only when `dropout_key` is given."""
+    keys = iter(jax.random.split(dropout_key, 64) if dropout_key is not None
+                else [None] * 64)
+    temb = timestep_embedding(t_B, self.ch)
+    temb = self.temb2(nnx.silu(self.temb1(temb)))
+    if self.class_emb is not None:
+      if y_B is None:
+        y_B = jnp.full(t_B.shape, self.num_classes, jnp.int32)
+      temb = temb + self.class_emb(y_B)
+
+    h = self.conv_in(x_BHWC)
+    hs = [h]
+    for blk, attn in self.down:
+      h = blk(h, temb, next(keys)) if isinstance(blk, ResBlock) else blk(h)
+      if attn is not None:
+        h = attn(h)
+      hs.append(h)
+    h = self.mid2(self.mid_attn(self.mid1(h, temb, next(keys))), temb,
+                  next(keys))
+    for blk, attn in self.up:
+      if isinstance(blk, ResBlock):
+        h = blk(jnp.concatenate([h, hs.pop()], axis=-1), temb, next(keys))
+      else:
+        h = blk(h)
+      if attn is not None:
+        h = attn(h)
+    h = self.conv_out(nnx.silu(self.norm_out(h)))
+    return h.astype(jnp.float32)
+
+
+def build_model(model_cfg, image_size: int, channels: int, num_classes: int,
+                seed: int = 0) -> UNet:
+  """Builds the UNet from the config's `model` section."""
+  return UNet(image_size=image_size, in_channels=channels, ch=model_cfg.ch,
+              ch_mult=tuple(model_cfg.ch_mult),
+              num_res_blocks=model_cfg.num_res_blocks,
+              attn_resolutions=tuple(model_cfg.attn_resolutions),
+              dropout=model_cfg.dropout, num_groups=model_cfg.num_groups,
+              num_classes=num_classes if model_cfg.class_conditional else 0,
+              dtype=model_cfg.dtype, rngs=nnx.Rngs(seed))
+
+
+ApplyFn = Callable[..., jax.Array]
+
+
+def make_apply(graphdef: nnx.GraphDef) -> ApplyFn:
+  """apply(params, x_BHWC, t_B, y_B=None, dropout_key=None) -> eps_BHWC."""
+  def apply(params, x_BHWC, t_B, y_B=None, dropout_key=None):
+    model = nnx.merge(graphdef, params)
+    return model(x_BHWC, t_B, y_B, dropout_key)
+  return apply
+
+
+def split_model(model: UNet) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, params): the UNet holds only nnx.Param state."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, params
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,133 @@
+"""Reverse-process samplers: pure functions run as one `lax.scan`.
+
+A factory fixes everything static at build time (the timestep table, the
+respaced schedule, the variance choice) and returns a `Sampler` whose `step`
+updates the carry from grid index i to i-1. `Sampler.sample` scans that step
+over the grid; there is no Python loop over steps and no Flax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_jax import diffusion
+from ddpm_jax.diffusion import EpsFn
+from ddpm_jax.schedules import Schedule, make_schedule, respace_betas, space_timesteps
+
+# step(eps_fn, carry, i, key) -> carry; carry[0] is x at grid index i.
+StepFn = Callable[[EpsFn, Any, jax.Array, jax.Array], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A reverse process over `timesteps` (model timesteps, increasing)."""
+  name: str
+  timesteps: np.ndarray
+  schedule: Schedule  # respaced: entry i belongs to model timestep timesteps[i]
+  init_carry: Callable[[jax.Array], Any]
+  step: StepFn
+
+  @property
+  def num_steps(self) -> int:
+    return len(self.timesteps)
+
+  def sample(self, eps_fn: EpsFn, key: jax.Array, x_T: jax.Array, *,
+             start: int | None = None, capture_every: int = 0,
+             known_x0: jax.Array | None = None,
+             known_mask: jax.Array | None = None
+             ) -> tuple[jax.Array, jax.Array | None]:
+    """Runs steps start, start-1, ..., 0 (start defaults to the last index).
+
+    With `capture_every = k > 0` it also returns frames [1 + ceil(n/k), ...]:
+    x before the first step and after every k-th step (and the last), without
+    holding every state. With `known_x0` and `known_mask` (1 = regenerate),
+    the known region is replaced after each step by `known_x0` noised to the
+    matching timestep (RePaint-style replacement).
+    """
+    n = self.num_steps if start is None else start + 1
+    if n <= 0:
+      return x_T, (x_T[None] if capture_every else None)
+    indices = jnp.arange(n - 1, -1, -1)
+    s = self.schedule
+
+    def body(carry, i):
+      inner, frames = carry
+      inner = self.step(eps_fn, inner, i, jax.random.fold_in(key, i))
+      if known_x0 is not None:
+        noise = jax.random.normal(jax.random.fold_in(key, i + self.num_steps),
+                                  known_x0.shape, known_x0.dtype)
+        i_prev = jnp.maximum(i - 1, 0)
+        noised = diffusion.q_sample(s, known_x0, jnp.full(known_x0.shape[:1], i_prev),
+                                    noise)
+        known = jnp.where(i > 0, noised, known_x0)
+        x = known_mask * inner[0] + (1.0 - known_mask) * known
+        inner = (x,) + tuple(inner[1:])
+      if capture_every:
+        done = n - i  # steps taken so far
+        slot = jnp.where((done % capture_every == 0) | (i == 0),
+                         (done + capture_every - 1) // capture_every, -1)
+        frames = jax.lax.cond(
+            slot >= 0,
+            lambda f: jax.lax.dynamic_update_index_in_dim(f, inner[0], slot, 0),
+            lambda f: f, frames)
+      return (inner, frames), None
+
+    frames = None
+    if capture_every:
+      num_frames = 1 + -(-n // capture_every)
+      frames = jnp.zeros((num_frames,) + x_T.shape, x_T.dtype).at[0].set(x_T)
+    (inner, frames), _ = jax.lax.scan(body, (self.init_carry(x_T), frames),
+                                      indices)
+    return inner[0], frames
+
+
+def _respaced(betas: np.ndarray, num_steps: int, spacing: str
+              ) -> tuple[np.ndarray, Schedule]:
+  timesteps = space_timesteps(len(betas), num_steps, spacing)
+  if len(timesteps) == len(betas):
+    new_betas = np.asarray(betas, np.float64)  # exactly the original process
+  else:
+    new_betas = respace_betas(betas, timesteps)
+  return timesteps, make_schedule(new_betas)
+
+
+def _model_t(timesteps: np.ndarray, i: jax.Array, x: jax.Array) -> jax.Array:
+  return jnp.full(x.shape[:1], jnp.asarray(timesteps, jnp.int32)[i])
+
+
+def ddpm_sampler(betas: np.ndarray, num_steps: int | None = None, *,
+                 var_type: str = 'fixedlarge', clip_x0: bool = True,
+                 spacing: str = 'uniform') -> Sampler:
+  """Ancestral sampling (Ho et al., Algorithm 2) over all T steps or a
+  respaced subset (betas recomputed as in improved-diffusion)."""
+  timesteps, s = _respaced(betas, num_steps or len(betas), spacing)
+  log_var = diffusion.reverse_log_variance(s, var_type)
+
+  def step(eps_fn, carry, i, key):
+    (x,) = carry
+    i_B = jnp.full(x.shape[:1], i)
+    eps = eps_fn(x, _model_t(timesteps, i, x))
+    mean, _ = diffusion.p_mean(s, eps, x, i_B, clip_x0)
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    std = jnp.where(i > 0, jnp.exp(0.5 * log_var[i]), 0.0).astype(x.dtype)
+    return (mean + std * noise,)
+
+  return Sampler('ddpm', timesteps, s, lambda x: (x,), step)
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {
+    'ddpm': ddpm_sampler,
+}
+
+
+def make_sampler(name: str, betas: np.ndarray, num_steps: int | None = None,
+                 **kwargs) -> Sampler:
+  """Builds the named sampler; the step count fixes its timestep table."""
+  if name not in SAMPLERS:
+    raise ValueError(f'unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}')
+  return SAMPLERS[name](betas, num_steps, **kwargs)

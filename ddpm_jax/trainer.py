@@ -1,0 +1,161 @@
+"""The training loop: resume, train, log, sample grids, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from ddpm_jax import checkpoint as ckpt_lib
+from ddpm_jax import config as config_lib
+from ddpm_jax import data as data_lib
+from ddpm_jax import images as images_lib
+from ddpm_jax import samplers as samplers_lib
+from ddpm_jax import training
+from ddpm_jax.errors import UserError
+from ddpm_jax.pipeline import make_sample_fn
+
+
+class TrainingError(UserError):
+  """Training cannot go on; the message is one line for the user."""
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates the workdir and proves it writable, or raises one clear line."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{uuid.uuid4().hex}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise TrainingError(f'workdir {workdir} is not writable: '
+                        f'{e.strerror or e}') from None
+
+
+class MetricsWriter:
+  """Scalars as JSON lines in <workdir>/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.enabled = enabled
+
+  def write(self, step: int, **scalars) -> None:
+    if self.enabled:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps({'step': step, **scalars}) + '\n')
+
+
+def train(config, workdir: str, *, progress: bool = True) -> dict:
+  """Trains (or resumes) to `config.training.num_steps`; returns a summary."""
+  config_lib.validate(config, jax.device_count())
+  t_cfg = config.training
+  is_main = jax.process_index() == 0
+  prepare_workdir(workdir)
+
+  source = data_lib.load_source(config.data)
+  batches = data_lib.Batches(source, t_cfg.batch_size, config.seed,
+                             jax.process_index(), jax.process_count())
+  mesh = training.make_mesh()
+  setup, state = training.init_model_and_state(config)
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=t_cfg.keep_checkpoints)
+  try:
+    latest = ckpt.latest_step()
+    if latest is not None:
+      _, meta = ckpt.read_meta(latest)
+      ckpt_lib.check_compatible(config, meta, ckpt.directory)
+      state = ckpt.restore(latest, state, mesh)
+    else:
+      state = training.replicate(state, mesh)
+    return _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
+                 progress)
+  finally:
+    ckpt.wait()
+    ckpt.close()
+
+
+def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
+          progress) -> dict:
+  t_cfg = config.training
+  train_step = training.make_train_step(setup, mesh)
+  sampler = samplers_lib.make_sampler(
+      config.sampling.sampler, training.betas_from_config(config),
+      config.sampling.num_steps or None, var_type=config.sampling.var_type,
+      clip_x0=config.sampling.clip_x0, spacing=config.sampling.spacing)
+  d = config.data
+  grid_fn = make_sample_fn(
+      setup.apply, sampler,
+      (t_cfg.num_sample_images, d.image_size, d.image_size, d.channels), mesh)
+  writer = MetricsWriter(workdir, is_main)
+  start = int(jax.device_get(state.step))
+  if is_main and start:
+    print(f'resuming from checkpoint at step {start} in {ckpt.directory}')
+  pbar = tqdm(total=t_cfg.num_steps, initial=start, disable=not (progress and is_main),
+              dynamic_ncols=True, desc='train')
+  losses, skipped, pending = [], 0, None
+  last_loss = float('nan')
+  t0, t_log = time.time(), time.time()
+  steps_in_window = 0
+
+  def resolve(item):
+    """Host side of a step: fetched one step late so the device never idles."""
+    nonlocal skipped, last_loss
+    s, m = item
+    m = jax.device_get(m)
+    if not m['finite']:
+      if t_cfg.nan_policy == 'skip' and skipped < t_cfg.max_skipped_steps:
+        skipped += 1
+        return
+      raise TrainingError(f'non-finite loss or gradient at step {s} (loss='
+                          f'{float(m["loss"])}); the last good checkpoint is '
+                          f'kept in {ckpt.directory}')
+    last_loss = float(m['loss'])
+    losses.append((s, last_loss))
+
+  for step in range(start, t_cfg.num_steps):
+    batch = training.shard_batch(batches.batch(step), mesh)
+    state, metrics = train_step(state, batch)
+    if pending is not None:
+      resolve(pending)
+    pending = (step, metrics)
+    steps_in_window += 1
+    done = step + 1
+    if done % t_cfg.log_every == 0 or done == t_cfg.num_steps:
+      resolve(pending)
+      pending = None
+      now = time.time()
+      rate = steps_in_window / max(now - t_log, 1e-9)
+      window = [l for _, l in losses[-steps_in_window:]]
+      writer.write(done, loss=float(np.mean(window)) if window else float('nan'),
+                   steps_per_sec=rate, skipped=skipped, time=now - t0)
+      t_log, steps_in_window = now, 0
+      pbar.set_postfix(loss=f'{last_loss:.4f}')
+    pbar.update(1)
+    if done % t_cfg.checkpoint_every == 0 or done == t_cfg.num_steps:
+      if pending is not None:
+        resolve(pending)
+        pending = None
+      ckpt.save(state, config, data_step=done)
+    if (t_cfg.sample_every and done % t_cfg.sample_every == 0) or done == t_cfg.num_steps:
+      _write_grid(grid_fn, state, config, workdir, done, is_main)
+  pbar.close()
+  if pending is not None:
+    resolve(pending)
+  end = int(jax.device_get(state.step))
+  return {'step': end, 'final_loss': last_loss, 'losses': losses,
+          'num_params': setup.num_params,
+          'skipped_steps': skipped, 'wall_time_s': time.time() - t0}
+
+
+def _write_grid(grid_fn, state, config, workdir, step, is_main) -> str:
+  x, _ = grid_fn(state.ema_params, jax.random.fold_in(jax.random.key(config.seed), step))
+  x = np.asarray(jax.device_get(x))  # every process takes part in the call
+  path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
+  if is_main:
+    images_lib.save_grid(x, path)
+  return path

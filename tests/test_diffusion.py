@@ -1,0 +1,70 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_jax import diffusion, schedules
+
+S = schedules.make_schedule(schedules.linear_betas())
+
+
+def test_q_sample_matches_iterated_forward_process_in_distribution():
+  """Closed form q(x_t|x_0) vs applying q(x_t|x_{t-1}) t times, per moment."""
+  betas = schedules.linear_betas()
+  n, t = 20000, 300
+  x0 = jnp.full((n, 1), 0.7)
+  key = jax.random.key(0)
+
+  def body(x, k_b):
+    k, b = k_b
+    return jnp.sqrt(1 - b) * x + jnp.sqrt(b) * jax.random.normal(k, x.shape), None
+  keys = jax.random.split(key, t + 1)
+  x_iter, _ = jax.lax.scan(body, x0, (keys[:t + 1], jnp.asarray(betas[:t + 1], jnp.float32)))
+  x_closed = diffusion.q_sample(S, x0, jnp.full((n,), t), jax.random.normal(key, x0.shape))
+  ab = np.prod(1 - betas[:t + 1])
+  for x in (x_iter, x_closed):
+    assert abs(float(x.mean()) - 0.7 * np.sqrt(ab)) < 0.02
+    assert abs(float(x.var()) - (1 - ab)) < 0.03
+  assert abs(float(x_iter.mean()) - float(x_closed.mean())) < 0.03
+  assert abs(float(x_iter.var()) - float(x_closed.var())) < 0.04
+
+
+def test_eps_x0_conversions_round_trip():
+  k1, k2 = jax.random.split(jax.random.key(1))
+  x0 = jax.random.uniform(k1, (8, 4, 4, 1), minval=-1, maxval=1)
+  eps = jax.random.normal(k2, x0.shape)
+  t = jnp.arange(8) * 120
+  xt = diffusion.q_sample(S, x0, t, eps)
+  np.testing.assert_allclose(diffusion.x0_from_eps(S, xt, t, eps), x0, atol=2e-3)
+  np.testing.assert_allclose(diffusion.eps_from_x0(S, xt, t, x0), eps, atol=2e-3, rtol=1e-3)
+
+
+def test_posterior_matches_float64_bayes_rule():
+  betas = schedules.linear_betas()
+  ab = np.cumprod(1 - betas)
+  x0, xt, t = 0.3, -0.5, 400
+  # q(x_{t-1}|x_0) = N(sqrt(ab_{t-1}) x0, 1-ab_{t-1}); q(x_t|x_{t-1}) = N(sqrt(a_t) x, b_t)
+  prior_m, prior_v = np.sqrt(ab[t - 1]) * x0, 1 - ab[t - 1]
+  a_t = 1 - betas[t]
+  var = 1 / (1 / prior_v + a_t / betas[t])
+  mean = var * (prior_m / prior_v + np.sqrt(a_t) * xt / betas[t])
+  m, v, lv = diffusion.q_posterior(S, jnp.full((1, 1), x0), jnp.full((1, 1), xt), jnp.array([t]))
+  np.testing.assert_allclose(float(m[0, 0]), mean, rtol=1e-5)
+  np.testing.assert_allclose(float(v[0, 0]), var, rtol=1e-5)
+  np.testing.assert_allclose(float(lv[0, 0]), np.log(var), rtol=1e-5)
+
+
+def test_reverse_log_variance_choices():
+  np.testing.assert_allclose(diffusion.reverse_log_variance(S, 'fixedlarge')[1:],
+                             np.log(schedules.linear_betas()[1:]), rtol=1e-5)
+  np.testing.assert_array_equal(diffusion.reverse_log_variance(S, 'fixedsmall'),
+                                S.posterior_log_variance_clipped)
+
+
+def test_l_simple_is_zero_for_the_true_noise_and_positive_otherwise():
+  x0 = jnp.zeros((16, 4, 4, 1))
+  # With x0 = 0, x_t = sqrt(1-ab_t) eps, so eps is recoverable exactly.
+  oracle = lambda x, t: x / diffusion.extract(S.sqrt_one_minus_alphas_cumprod, t, x)
+  assert float(diffusion.l_simple(oracle, S, x0, jax.random.key(0))) < 1e-8
+  zero = lambda x, t: jnp.zeros_like(x)
+  loss = float(diffusion.l_simple(zero, S, x0, jax.random.key(0)))
+  assert 0.7 < loss < 1.3  # E[eps^2] = 1

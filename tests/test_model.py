@@ -1,0 +1,81 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from ddpm_jax import config as config_lib
+from ddpm_jax.model import (UNet, build_model, count_params, make_apply,
+                            split_model, timestep_embedding)
+
+
+def _abstract_count(**kw):
+  """Parameter count without allocating: shapes only."""
+  state = jax.eval_shape(lambda: split_model(UNet(rngs=nnx.Rngs(0), **kw))[1])
+  return count_params(state)
+
+
+def test_cifar10_paper_model_has_35_7m_params():
+  n = _abstract_count(image_size=32, in_channels=3, ch=128, ch_mult=(1, 2, 2, 2),
+                      num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
+  assert abs(n - 35.75e6) < 0.1e6, n
+
+
+def test_mnist_default_is_small():
+  c = config_lib.base_config()
+  n = count_params(jax.eval_shape(lambda: split_model(build_model(
+      c.model, c.data.image_size, c.data.channels, c.data.num_classes))[1]))
+  assert 1.5e6 < n < 1.7e6, n
+
+
+def _tiny(**kw):
+  args = dict(image_size=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+              attn_resolutions=(4,), num_groups=4, rngs=nnx.Rngs(0))
+  args.update(kw)
+  return UNet(**args)
+
+
+def test_output_shape_and_dropout_only_with_key():
+  m = _tiny(dropout=0.5)
+  g, p = split_model(m)
+  # Break the zero init of the output conv so dropout is visible in the output.
+  p = jax.tree.map(lambda x: x + 0.05, p)
+  apply = make_apply(g)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  t = jnp.array([3, 40])
+  a = apply(p, x, t)
+  assert a.shape == x.shape and a.dtype == jnp.float32
+  np.testing.assert_array_equal(a, apply(p, x, t))
+  d1 = apply(p, x, t, None, jax.random.key(1))
+  d2 = apply(p, x, t, None, jax.random.key(2))
+  assert not np.allclose(d1, a) and not np.allclose(d1, d2)
+
+
+def test_class_embedding_changes_output_and_null_label_is_default():
+  m = _tiny(num_classes=3)
+  g, p = split_model(m)
+  p = jax.tree.map(lambda x: x + 0.05, p)
+  apply = make_apply(g)
+  x = jnp.ones((2, 8, 8, 1))
+  t = jnp.array([5, 5])
+  y0 = apply(p, x, t, jnp.array([0, 0]))
+  y1 = apply(p, x, t, jnp.array([1, 1]))
+  assert not np.allclose(y0, y1)
+  np.testing.assert_array_equal(apply(p, x, t), apply(p, x, t, jnp.array([3, 3])))
+
+
+def test_timestep_embedding_matches_formula():
+  t = jnp.array([0, 7, 999])
+  e = np.asarray(timestep_embedding(t, 6))
+  freqs = np.exp(-np.log(10000.0) * np.arange(3) / 2)
+  ref = np.concatenate([np.sin(np.outer([0, 7, 999], freqs)),
+                        np.cos(np.outer([0, 7, 999], freqs))], 1)
+  np.testing.assert_allclose(e, ref, atol=1e-4)
+
+
+def test_bad_image_size_is_rejected_by_validation():
+  c = config_lib.base_config()
+  c.data.image_size = 30  # 30 -> 15 -> cannot halve again for ch_mult (1,2,2)
+  with pytest.raises(config_lib.ConfigError, match='cannot be halved'):
+    config_lib.validate(c)

@@ -1,0 +1,89 @@
+import dataclasses
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from ddpm_jax import data as data_lib
+from ddpm_jax import training
+
+
+def _batches(config, n):
+  src = data_lib.load_embedded_mnist()
+  b = data_lib.Batches(src, config.training.batch_size, config.seed)
+  return [b.batch(i) for i in range(n)]
+
+
+def _run(config, devices, batches, apply_wrapper=None):
+  setup, state = training.init_model_and_state(config)
+  if apply_wrapper:
+    setup = dataclasses.replace(setup, apply=apply_wrapper(setup.apply))
+  mesh = training.make_mesh(devices)
+  state = training.replicate(state, mesh)
+  step = training.make_train_step(setup, mesh)
+  losses = []
+  for b in batches:
+    state, m = step(state, training.shard_batch(b, mesh))
+    losses.append(float(m['loss']))
+  return state, losses
+
+
+def test_four_devices_equal_one_device(tiny_config):
+  assert jax.device_count() == 4
+  batches = _batches(tiny_config, 3)
+  s1, l1 = _run(tiny_config, jax.devices()[:1], batches)
+  s4, l4 = _run(tiny_config, jax.devices(), batches)
+  np.testing.assert_allclose(l1, l4, rtol=1e-5)
+  chex.assert_trees_all_close(jax.device_get(s1.params), jax.device_get(s4.params),
+                              rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(jax.device_get(s1.ema_params),
+                              jax.device_get(s4.ema_params), rtol=1e-4, atol=1e-6)
+  assert len(s4.params['conv_in']['kernel'].sharding.device_set) == 4
+
+
+def test_train_step_compiles_once(tiny_config):
+  batches = _batches(tiny_config, 4)
+  wrap = lambda f: chex.assert_max_traces(f, n=1)
+  state, losses = _run(tiny_config, jax.devices(), batches, wrap)
+  assert int(state.step) == 4 and np.all(np.isfinite(losses))
+
+
+def test_loss_decreases_and_ema_lags(tiny_config):
+  tiny_config.training.learning_rate = 3e-3
+  tiny_config.training.ema_decay = 0.9
+  batches = _batches(tiny_config, 40)
+  state, losses = _run(tiny_config, jax.devices(), batches)
+  assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
+  p, e = jax.device_get((state.params, state.ema_params))
+  diff = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(e))]
+  assert max(diff) > 0
+
+
+def test_non_finite_batch_leaves_state_unchanged(tiny_config):
+  batches = _batches(tiny_config, 1)
+  setup, state = training.init_model_and_state(tiny_config)
+  mesh = training.make_mesh()
+  state = training.replicate(state, mesh)
+  before = jax.device_get(state.params)
+  step = training.make_train_step(setup, mesh)
+  # uint8 images cannot be NaN; poison the params' input conv instead.
+  bad = jax.tree.map(lambda x: x, state)
+  bad.params['conv_in']['kernel'] = bad.params['conv_in']['kernel'] * np.nan
+  new, m = step(bad, training.shard_batch(batches[0], mesh))
+  assert int(m['finite']) == 0 and int(new.step) == 1
+  assert np.isnan(np.asarray(new.params['conv_in']['kernel'])).all()  # kept as given
+  chex.assert_trees_all_equal(jax.device_get(new.params['conv_out']),
+                              before['conv_out'])
+
+
+def test_warmup_learning_rate(tiny_config):
+  import optax
+  tx = training.make_optimizer(tiny_config.training)
+  p = {'w': np.ones(3, np.float32)}
+  s = tx.init(p)
+  g = {'w': np.ones(3, np.float32)}
+  u0, s = tx.update(g, s, p)
+  assert np.allclose(u0['w'], 0.0)  # lr is 0 at step 0 of the warm-up
+  u1, s = tx.update(g, s, p)
+  assert np.all(np.asarray(u1['w']) < 0)

@@ -1,0 +1,37 @@
+"""Trains a DDPM. With no flags: the embedded MNIST-5k default into workdirs/mnist.
+
+  python train.py [--config configs/X.py] [--workdir DIR] [--config.a.b=v ...]
+
+Running the same command again with the same workdir resumes from the latest
+checkpoint.
+"""
+
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from ddpm_jax import cli
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(_HERE, 'configs', 'mnist.py'),
+    'Training config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config>).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  from ddpm_jax import trainer  # after flag parsing: keeps --help fast
+  config_path = flags.FLAGS['config'].config_filename.split(':')[0]
+  workdir = _WORKDIR.value or os.path.join(
+      'workdirs', os.path.splitext(os.path.basename(config_path))[0])
+  summary = trainer.train(_CONFIG.value, workdir)
+  print(f"done: step {summary['step']}, final loss {summary['final_loss']:.4f}, "
+        f"{summary['wall_time_s']:.0f} s; samples in {workdir}/samples")
+
+
+if __name__ == '__main__':
+  cli.run(main)
