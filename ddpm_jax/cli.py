@@ -62,7 +62,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
   """Wraps an absl main so user errors print one line and exit non-zero."""
   def wrapper(argv):
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    logging.set_verbosity(logging.ERROR)  # Orbax logs routine saves at INFO/WARNING
     try:
       return main(argv)
     except UserError as e:

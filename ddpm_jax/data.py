@@ -55,8 +55,7 @@ class TFDSSource:
     return len(self.source)
 
   def read(self, idx):
-    getitems = getattr(self.source, '__getitems__', None)
-    items = getitems(list(map(int, idx))) if getitems else [self.source[int(i)] for i in idx]
+    items = [self.source[int(i)] for i in idx]
     images = np.stack([np.asarray(it['image']) for it in items])
     if images.ndim == 3:
       images = images[..., None]

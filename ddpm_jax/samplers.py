@@ -120,8 +120,80 @@ def ddpm_sampler(betas: np.ndarray, num_steps: int | None = None, *,
   return Sampler('ddpm', timesteps, s, lambda x: (x,), step)
 
 
+def _x0_and_eps(s: Schedule, eps: jax.Array, x: jax.Array, i_B: jax.Array,
+                clip_x0: bool) -> tuple[jax.Array, jax.Array]:
+  """x0 from ε; with clipping, ε is recomputed from the clipped x0."""
+  x0 = diffusion.x0_from_eps(s, x, i_B, eps)
+  if clip_x0:
+    x0 = jnp.clip(x0, -1.0, 1.0)
+    eps = diffusion.eps_from_x0(s, x, i_B, x0)
+  return x0, eps
+
+
+def ddim_sampler(betas: np.ndarray, num_steps: int | None = None, *,
+                 eta: float = 0.0, clip_x0: bool = True,
+                 spacing: str = 'uniform') -> Sampler:
+  """DDIM (Song et al., 2021). η = 0 is deterministic; η = 1 has DDPM's
+  posterior variance on the same (respaced) grid."""
+  timesteps, s = _respaced(betas, num_steps or len(betas), spacing)
+  ab = np.asarray(s.alphas_cumprod, np.float64)
+  ab_prev = np.append(1.0, ab[:-1])
+  sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+  dir_coef = np.sqrt(np.maximum(1 - ab_prev - sigma ** 2, 0.0))
+  sigma, dir_coef, sqrt_ab_prev = (jnp.asarray(a, jnp.float32) for a in
+                                   (sigma, dir_coef, np.sqrt(ab_prev)))
+
+  def step(eps_fn, carry, i, key):
+    (x,) = carry
+    i_B = jnp.full(x.shape[:1], i)
+    x0, eps = _x0_and_eps(s, eps_fn(x, _model_t(timesteps, i, x)), x, i_B, clip_x0)
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    return (sqrt_ab_prev[i] * x0 + dir_coef[i] * eps + sigma[i] * noise,)
+
+  return Sampler('ddim', timesteps, s, lambda x: (x,), step)
+
+
+def dpmpp_2m_sampler(betas: np.ndarray, num_steps: int | None = None, *,
+                     clip_x0: bool = True, spacing: str = 'uniform') -> Sampler:
+  """DPM-Solver++(2M) (Lu et al., 2022): second-order multistep in the data
+  prediction, first order on the first step and on the final step to t=0."""
+  timesteps, s = _respaced(betas, num_steps or len(betas), spacing)
+  ab = np.asarray(s.alphas_cumprod, np.float64)
+  ab_to = np.append(1.0, ab[:-1])               # target of step i is i-1
+  alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)
+  alpha_to, sigma_to = np.sqrt(ab_to), np.sqrt(1 - ab_to)
+  lam = np.log(alpha) - np.log(sigma)
+  with np.errstate(divide='ignore'):
+    lam_to = np.log(alpha_to) - np.log(sigma_to)  # +inf at the final step
+  h = lam_to - lam
+  exp_neg_h = (sigma_to * alpha) / (alpha_to * sigma)  # e^{-h}; 0 at the end
+  coef_x = sigma_to / sigma
+  coef_d = alpha_to * (1.0 - exp_neg_h)
+  # 1/r = h_i / h_{i+1}: the previous step went from i+1 to i.
+  inv_r = np.zeros_like(h)
+  inv_r[1:-1] = h[1:-1] / h[2:]
+  second = np.zeros(len(h), bool)
+  second[1:-1] = True                           # never on the final step
+  coef_x, coef_d, inv_r = (jnp.asarray(a, jnp.float32) for a in (coef_x, coef_d, inv_r))
+  second = jnp.asarray(second)
+
+  def step(eps_fn, carry, i, key):
+    del key  # deterministic
+    x, x0_prev, have_prev = carry
+    i_B = jnp.full(x.shape[:1], i)
+    x0, _ = _x0_and_eps(s, eps_fn(x, _model_t(timesteps, i, x)), x, i_B, clip_x0)
+    use2 = second[i] & have_prev
+    d = jnp.where(use2, x0 + 0.5 * inv_r[i] * (x0 - x0_prev), x0)
+    return (coef_x[i] * x + coef_d[i] * d, x0, jnp.asarray(True))
+
+  init = lambda x: (x, jnp.zeros_like(x), jnp.asarray(False))
+  return Sampler('dpm++2m', timesteps, s, init, step)
+
+
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     'ddpm': ddpm_sampler,
+    'ddim': ddim_sampler,
+    'dpm++2m': dpmpp_2m_sampler,
 }
 
 

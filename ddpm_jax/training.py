@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ddpm_jax import data as data_lib
@@ -70,7 +71,7 @@ def init_model_and_state(config) -> tuple[Setup, TrainState]:
   model = build_model(config.model, d.image_size, d.channels, d.num_classes,
                       seed=config.seed)
   graphdef, params_state = split_model(model)
-  params = params_state.to_pure_dict()
+  params = nnx.to_pure_dict(params_state)
   tx = make_optimizer(config.training)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      ema_params=jax.tree.map(jnp.copy, params),
@@ -131,7 +132,7 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
       return diffusion.l_simple(eps_fn, schedule, x0, k_loss)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step.astype(jnp.float32)

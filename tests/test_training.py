@@ -35,10 +35,12 @@ def test_four_devices_equal_one_device(tiny_config):
   s1, l1 = _run(tiny_config, jax.devices()[:1], batches)
   s4, l4 = _run(tiny_config, jax.devices(), batches)
   np.testing.assert_allclose(l1, l4, rtol=1e-5)
+  # Zero-initialised kernels sit near 0, where Adam's normalised update turns
+  # all-reduce rounding into ~1e-6 absolute differences.
   chex.assert_trees_all_close(jax.device_get(s1.params), jax.device_get(s4.params),
-                              rtol=1e-4, atol=1e-6)
+                              rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(jax.device_get(s1.ema_params),
-                              jax.device_get(s4.ema_params), rtol=1e-4, atol=1e-6)
+                              jax.device_get(s4.ema_params), rtol=1e-4, atol=1e-5)
   assert len(s4.params['conv_in']['kernel'].sharding.device_set) == 4
 
 

@@ -1,0 +1,132 @@
+"""Bad input to train.py and sample.py: one line, non-zero exit, nothing touched."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _run(script, *args, cwd=None):
+  return subprocess.run([sys.executable, os.path.join(REPO, script), *args],
+                        capture_output=True, text=True, cwd=cwd or REPO,
+                        timeout=300)
+
+
+def _snapshot(root):
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(d, f)
+      with open(p, 'rb') as fh:
+        out[os.path.relpath(p, root)] = hashlib.sha1(fh.read()).hexdigest()
+  return out
+
+
+def _assert_one_line_error(r, *needles):
+  assert r.returncode != 0, r.stdout + r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, r.stderr
+  assert lines[0].startswith('error: '), r.stderr
+  for n in needles:
+    assert n in lines[0], lines[0]
+  assert 'Traceback' not in r.stderr
+
+
+TINY = os.path.join(REPO, 'configs', 'tiny.py')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  wd = tmp_path_factory.mktemp('trained')
+  r = _run('train.py', f'--config={TINY}', f'--workdir={wd}')
+  assert r.returncode == 0, r.stderr
+  assert os.path.isfile(wd / 'samples' / 'step_0000006.png')
+  assert sorted(os.listdir(wd / 'checkpoints')) == ['3', '6']
+  return wd
+
+
+@pytest.mark.parametrize('args, needles', [
+    (['--wrkdir=x'], ["Unknown command line flag 'wrkdir'"]),
+    (['--config.training.bach_size=4'], ['unknown config key', 'batch_size']),
+    (['--config.training.batch_size=0'], ['batch_size must be positive']),
+    (['--config.training.batch_size=6'], ['does not divide over 4 devices']),
+    (['--config.data.image_size=9'], ['image_size=9 cannot be halved']),
+    (['--config=configs/missing.py'], ['config file configs/missing.py does not exist']),
+])
+def test_train_rejects_bad_config(args, needles, tmp_path):
+  wd = tmp_path / 'wd'
+  r = _run('train.py', f'--config={TINY}', f'--workdir={wd}', *args)
+  _assert_one_line_error(r, *needles)
+  assert not wd.exists()
+
+
+def test_train_rejects_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('keep me')
+  r = _run('train.py', f'--config={TINY}', f'--workdir={blocker}/sub')
+  _assert_one_line_error(r, 'is not writable')
+  assert blocker.read_text() == 'keep me'
+
+
+def test_train_refuses_a_checkpoint_of_another_model(trained):
+  before = _snapshot(trained)
+  r = _run('train.py', f'--config={TINY}', f'--workdir={trained}',
+           '--config.model.ch=16', '--config.training.num_steps=9')
+  _assert_one_line_error(r, 'another model config', 'model.ch')
+  assert _snapshot(trained) == before
+
+
+def test_sample_writes_png_npy_gif_and_is_deterministic(trained, tmp_path):
+  import numpy as np
+  out = tmp_path / 'a.png'
+  r = _run('sample.py', f'--workdir={trained}', '--num=4', '--seed=3', f'--out={out}', '--gif')
+  assert r.returncode == 0, r.stderr
+  assert out.is_file() and (tmp_path / 'a.gif').is_file()
+  a = np.load(tmp_path / 'a.npy')
+  r = _run('sample.py', f'--workdir={trained}', '--num=4', '--seed=3',
+           f'--out={tmp_path / "b.png"}', '--checkpoint=6')
+  assert r.returncode == 0, r.stderr
+  np.testing.assert_array_equal(a, np.load(tmp_path / 'b.npy'))
+  assert a.shape == (4, 8, 8, 1)
+
+
+def test_sample_on_directory_without_checkpoint(tmp_path):
+  before = _snapshot(tmp_path)
+  r = _run('sample.py', f'--workdir={tmp_path}', f'--out={tmp_path / "s.png"}')
+  _assert_one_line_error(r, 'no checkpoint found')
+  assert _snapshot(tmp_path) == before
+
+
+def test_sample_missing_step_and_bad_num(trained, tmp_path):
+  r = _run('sample.py', f'--workdir={trained}', '--checkpoint=4', f'--out={tmp_path / "s.png"}')
+  _assert_one_line_error(r, 'no checkpoint for step 4')
+  r = _run('sample.py', f'--workdir={trained}', '--num=0', f'--out={tmp_path / "s.png"}')
+  _assert_one_line_error(r, '--num must be positive')
+  assert not list(tmp_path.iterdir())
+
+
+def test_sample_on_corrupt_checkpoint_keeps_existing_output(trained, tmp_path):
+  wd = tmp_path / 'wd'
+  shutil.copytree(trained, wd)
+  for d, _, files in os.walk(wd / 'checkpoints' / '6' / 'state'):
+    for f in files:
+      p = os.path.join(d, f)
+      if os.path.getsize(p) > 1000:
+        with open(p, 'r+b') as fh:
+          fh.truncate(os.path.getsize(p) // 2)
+  out = tmp_path / 'old.png'
+  out.write_bytes(b'previous result')
+  r = _run('sample.py', f'--workdir={wd}', f'--out={out}')
+  _assert_one_line_error(r, 'checkpoint 6', 'unreadable')
+  assert out.read_bytes() == b'previous result'
+  # A checkpoint whose saved config disagrees with its arrays.
+  meta = wd / 'checkpoints' / '3' / 'meta' / 'metadata'
+  meta.write_text(meta.read_text().replace('"ch": 8', '"ch": 16'))
+  r = _run('sample.py', f'--workdir={wd}', '--checkpoint=3', f'--out={out}')
+  _assert_one_line_error(r, 'checkpoint 3', 'does not match the model')
+  assert out.read_bytes() == b'previous result'
