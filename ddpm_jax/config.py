@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.var_type = 'fixedlarge'
   c.sampling.clip_x0 = True
   c.sampling.spacing = 'uniform'
+  c.sampling.eta = 0.0            # DDIM only
+  c.sampling.guidance_scale = 1.0  # class-conditional models: grid guidance
   return c
 
 

@@ -174,6 +174,11 @@ def dpmpp_2m_sampler(betas: np.ndarray, num_steps: int | None = None, *,
   inv_r[1:-1] = h[1:-1] / h[2:]
   second = np.zeros(len(h), bool)
   second[1:-1] = True                           # never on the final step
+  if timesteps[0] == 0 and len(second) > 1:
+    # t=0 has σ≈0.01: the step into it is the real final step, and its huge
+    # jump in λ makes the 2M extrapolation unstable (DPM-Solver's
+    # lower_order_final).
+    second[1] = False
   coef_x, coef_d, inv_r = (jnp.asarray(a, jnp.float32) for a in (coef_x, coef_d, inv_r))
   second = jnp.asarray(second)
 

@@ -90,7 +90,8 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
   d = config.data
   grid_fn = make_sample_fn(
       setup.apply, sampler,
-      (t_cfg.num_sample_images, d.image_size, d.image_size, d.channels), mesh)
+      (t_cfg.num_sample_images, d.image_size, d.image_size, d.channels), mesh,
+      null_label=d.num_classes)
   writer = MetricsWriter(workdir, is_main)
   start = int(jax.device_get(state.step))
   if is_main and start:
@@ -153,9 +154,19 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
 
 
 def _write_grid(grid_fn, state, config, workdir, step, is_main) -> str:
-  x, _ = grid_fn(state.ema_params, jax.random.fold_in(jax.random.key(config.seed), step))
+  """EMA samples; a class-conditional model gets one row per class."""
+  key = jax.random.fold_in(jax.random.key(config.seed), step)
+  n, nrow = config.training.num_sample_images, None
+  if config.model.class_conditional:
+    k = config.data.num_classes
+    y = np.arange(n, dtype=np.int32) * k // n      # sorted: row r is class r
+    nrow = n // k if n % k == 0 else None
+    x, _ = grid_fn(state.ema_params, key, y,
+                   np.float32(config.sampling.guidance_scale))
+  else:
+    x, _ = grid_fn(state.ema_params, key)
   x = np.asarray(jax.device_get(x))  # every process takes part in the call
   path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
   if is_main:
-    images_lib.save_grid(x, path)
+    images_lib.save_grid(x, path, nrow=nrow)
   return path

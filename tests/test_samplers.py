@@ -75,3 +75,94 @@ def test_same_seed_same_images_and_no_recompile(tiny_config):
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.allclose(a, c)
   assert np.all(np.abs(np.asarray(a)) < 10)
+
+
+LINEAR = schedules.linear_betas()
+
+
+def test_ddim_eta0_full_grid_matches_float64_numpy():
+  smp = samplers.make_sampler('ddim', LINEAR, eta=0.0, clip_x0=False)
+  assert smp.num_steps == 1000
+  x_T = np.random.default_rng(0).normal(size=(2, 3, 3, 1))
+  got, _ = jax.jit(lambda k, x: smp.sample(toy_eps, k, x))(jax.random.key(0),
+                                                          jnp.asarray(x_T, jnp.float32))
+  ab = np.cumprod(1 - LINEAR)
+  x = x_T.copy()
+  for t in range(999, -1, -1):
+    eps = 0.5 * np.tanh(x) + 0.01 * t
+    x0 = (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t])
+    ab_prev = ab[t - 1] if t > 0 else 1.0
+    x = np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev) * eps
+  np.testing.assert_allclose(got, x, rtol=2e-3, atol=2e-3)
+
+
+def test_ddpm_respaced_to_all_steps_is_the_plain_ancestral_sampler():
+  np.testing.assert_allclose(
+      schedules.respace_betas(LINEAR, np.arange(1000)), LINEAR, rtol=1e-10)
+  smp = samplers.make_sampler('ddpm', LINEAR, 1000, var_type='fixedlarge')
+  np.testing.assert_array_equal(smp.timesteps, np.arange(1000))
+  S = schedules.make_schedule(LINEAR)
+  key = jax.random.key(5)
+  x_T = jax.random.normal(jax.random.key(6), (2, 3, 3, 1))
+
+  @jax.jit
+  def algorithm2(x):
+    def body(x, t):  # Ho et al. Algorithm 2, sigma_t^2 = beta_t, x0 clipped
+      t_B = jnp.full((2,), t)
+      eps = toy_eps(x, t_B)
+      x0 = jnp.clip(diffusion.x0_from_eps(S, x, t_B, eps), -1, 1)
+      mean, _, _ = diffusion.q_posterior(S, x0, x, t_B)
+      z = jax.random.normal(jax.random.fold_in(key, t), x.shape)
+      return mean + jnp.where(t > 0, jnp.exp(0.5 * S.log_betas_large[t]), 0.0) * z, None
+    return jax.lax.scan(body, x, jnp.arange(999, -1, -1))[0]
+  got, _ = jax.jit(lambda x: smp.sample(toy_eps, key, x))(x_T)
+  np.testing.assert_array_equal(got, algorithm2(x_T))
+
+
+def test_ddim_eta1_variance_is_the_respaced_ddpm_posterior_variance():
+  smp = samplers.make_sampler('ddim', LINEAR, 50, eta=1.0, clip_x0=False)
+  ddpm = samplers.make_sampler('ddpm', LINEAR, 50, var_type='fixedsmall', clip_x0=False)
+  x = jnp.ones((4000, 1, 1, 1)) * 0.3
+  i = jnp.asarray(20)
+  zero_eps = lambda x, t: jnp.zeros_like(x)
+  a = smp.step(zero_eps, (x,), i, jax.random.key(1))[0]
+  b = ddpm.step(zero_eps, (x,), i, jax.random.key(1))[0]
+  np.testing.assert_allclose(float(a.var()), float(ddpm.schedule.posterior_variance[20]),
+                             rtol=0.1)
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # same mean, same noise
+
+
+def _gaussian_eps(s2):
+  """Exact ε for data ~ N(0, s2): ε = sqrt(1-ab) x / (ab s2 + 1 - ab)."""
+  ab = jnp.asarray(np.cumprod(1 - LINEAR), jnp.float32)
+  def eps(x, t):
+    a = ab[t][:, None, None, None]
+    return jnp.sqrt(1 - a) * x / (a * s2 + 1 - a)
+  return eps
+
+
+def test_dpmpp_2m_is_second_order_on_a_gaussian():
+  """The probability-flow ODE maps x_T to x_T·s/std_T exactly for N(0, s²)."""
+  s2 = 0.25
+  ab_T = np.prod(1 - LINEAR)
+  x_T = jax.random.normal(jax.random.key(0), (64, 1, 1, 1))
+  exact = np.asarray(x_T) * np.sqrt(s2) / np.sqrt(ab_T * s2 + 1 - ab_T)
+  for spacing in ('uniform', 'trailing'):
+    err = {}
+    for name in ('ddim', 'dpm++2m'):
+      for n in (10, 20, 50):
+        smp = samplers.make_sampler(name, LINEAR, n, clip_x0=False, spacing=spacing)
+        got, _ = smp.sample(_gaussian_eps(s2), jax.random.key(1), x_T)
+        err[name, n] = float(np.abs(np.asarray(got) - exact).max())
+    assert err['dpm++2m', 20] < 0.5 * err['ddim', 20], (spacing, err)
+    assert err['dpm++2m', 20] < err['dpm++2m', 10] / 2.5, (spacing, err)  # ~h^2
+    assert err['ddim', 20] > err['ddim', 10] / 2.5, (spacing, err)  # DDIM: ~h
+    assert err['dpm++2m', 50] < 0.01 * np.abs(exact).max(), (spacing, err)
+
+
+def test_unknown_sampler_and_too_many_steps():
+  import pytest
+  with pytest.raises(ValueError, match='unknown sampler'):
+    samplers.make_sampler('euler', LINEAR)
+  with pytest.raises(ValueError, match=r'\[1, 1000\]'):
+    samplers.make_sampler('ddim', LINEAR, 1001)

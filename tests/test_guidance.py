@@ -1,0 +1,135 @@
+"""Class guidance, img2img and inpainting through the public Pipeline."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import data as data_lib
+from ddpm_jax import training
+from ddpm_jax.errors import UserError
+from ddpm_jax.pipeline import Pipeline
+
+
+def _pipeline(config, wrap=None):
+  setup, state = training.init_model_and_state(config)
+  if wrap:
+    setup = dataclasses.replace(setup, apply=wrap(setup.apply))
+  params = jax.tree.map(lambda p: p + 0.02, state.ema_params)  # non-trivial output
+  return Pipeline(config, setup, params, training.make_mesh(), 0)
+
+
+@pytest.fixture
+def cond_config(tiny_config):
+  tiny_config.model.class_conditional = True
+  return tiny_config
+
+
+def test_guidance_scale_0_and_1_reproduce_the_two_branches(cond_config):
+  pipe = _pipeline(cond_config)
+  kw = dict(num=4, seed=1, sampler='ddim', num_steps=10)
+  uncond = pipe.sample(**kw)                       # null label
+  cond = pipe.sample(labels=[3], **kw)
+  w0 = pipe.sample(labels=[3], guidance_scale=0.0, **kw)
+  w1 = pipe.sample(labels=[3], guidance_scale=1.0, **kw)
+  assert not np.allclose(uncond, cond)
+  np.testing.assert_allclose(w0, uncond, atol=1e-5)
+  np.testing.assert_allclose(w1, cond, atol=1e-5)
+
+
+def test_no_recompile_when_seed_label_or_scale_change(cond_config):
+  pipe = _pipeline(cond_config, wrap=lambda f: chex.assert_max_traces(f, n=1))
+  for seed, label, w in [(0, 1, 2.0), (1, 5, 2.0), (2, 9, 3.5)]:
+    pipe.sample(num=4, seed=seed, labels=[label], guidance_scale=w,
+                sampler='ddim', num_steps=5)
+
+
+def test_img2img_strength_0_returns_the_input_and_1_is_generation(tiny_config):
+  pipe = _pipeline(tiny_config)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
+  np.testing.assert_array_equal(pipe.sample(num=2, init_image=x, strength=0.0), x)
+  gen = pipe.sample(num=2, seed=4, sampler='ddim', num_steps=10)
+  full = pipe.sample(num=2, seed=4, sampler='ddim', num_steps=10, init_image=x,
+                     strength=1.0)
+  np.testing.assert_allclose(full, gen, atol=1e-6)
+  half = pipe.sample(num=2, seed=4, sampler='ddim', num_steps=10, init_image=x,
+                     strength=0.5)
+  assert np.abs(half - x).mean() < np.abs(gen - x).mean()
+
+
+def test_inpainting_keeps_the_known_pixels(tiny_config):
+  pipe = _pipeline(tiny_config)
+  x = np.random.default_rng(1).uniform(-1, 1, (8, 8, 1)).astype(np.float32)
+  mask = np.zeros((8, 8, 1), np.float32)
+  mask[2:6, 2:6] = 1.0                       # regenerate the centre
+  for sampler in ('ddpm', 'ddim', 'dpm++2m'):
+    out = pipe.sample(num=3, seed=0, sampler=sampler, num_steps=10,
+                      init_image=x, mask=mask)
+    known = mask[..., 0] == 0
+    np.testing.assert_array_equal(out[:, known], np.broadcast_to(x, out.shape)[:, known])
+    assert not np.allclose(out[:, ~known], x[~known])
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(guidance_scale=2.0, labels=[1]), 'needs a class-conditional model'),
+    (dict(labels=[1]), 'needs a class-conditional model'),
+    (dict(strength=1.5, init_image=np.zeros((8, 8, 1))), r'strength must be in \[0, 1\]'),
+    (dict(init_image=np.zeros((8, 8, 1)), mask=np.zeros((6, 6, 1))), 'the mask has shape'),
+    (dict(init_image=np.zeros((9, 9, 1)), strength=0.5), 'the init image has shape'),
+    (dict(num_steps=51), r'must be in \[1, 50\]'),
+    (dict(sampler='euler'), 'unknown sampler'),
+    (dict(mask=np.zeros((8, 8, 1))), 'need an init image'),
+])
+def test_bad_combinations_on_an_unconditional_model(tiny_config, kwargs, message):
+  pipe = _pipeline(tiny_config)
+  with pytest.raises(UserError, match=message):
+    pipe.sample(num=2, **kwargs)
+
+
+def test_label_outside_the_classes(cond_config):
+  pipe = _pipeline(cond_config)
+  with pytest.raises(UserError, match=r'labels must be in \[0, 9\]'):
+    pipe.sample(num=2, labels=[10])
+  with pytest.raises(UserError, match='guidance scale needs labels'):
+    pipe.sample(num=2, guidance_scale=2.0)
+
+
+@pytest.mark.slow
+def test_trained_conditional_model_draws_the_requested_class(cond_config):
+  """Two classes (0 and 1) at 8x8: a logistic-regression classifier trained
+  here on real images must recognise the requested class far above chance."""
+  src = data_lib.load_embedded_mnist()
+  keep = src.labels < 2
+  images, labels = src.images[keep], src.labels[keep]
+  c = cond_config
+  c.data.num_classes = 2
+  c.training.batch_size = 32
+  c.training.learning_rate = 3e-3
+  c.training.warmup_steps = 20
+  c.training.ema_decay = 0.99
+  c.model.dropout = 0.0
+  setup, state = training.init_model_and_state(c)
+  mesh = training.make_mesh()
+  state = training.replicate(state, mesh)
+  step = training.make_train_step(setup, mesh)
+  batches = data_lib.Batches(data_lib.ArraySource(images, labels), 32, seed=0)
+  for i in range(300):
+    state, _ = step(state, training.shard_batch(batches.batch(i), mesh))
+
+  # Classifier on real 8x8 images, the same preprocessing as training.
+  x_real = np.asarray(data_lib.preprocess(jnp.asarray(images), 8, False, None)).reshape(len(images), -1)
+  w, b = np.zeros(64), 0.0
+  for _ in range(300):
+    p = 1 / (1 + np.exp(-(x_real @ w + b)))
+    w -= 0.1 * x_real.T @ (p - labels) / len(labels)
+    b -= 0.1 * float(np.mean(p - labels))
+  assert np.mean((x_real @ w + b > 0) == labels) > 0.97
+
+  pipe = Pipeline(c, setup, state.ema_params, mesh, 300)
+  x = pipe.sample(num=64, seed=0, labels=[0, 1], guidance_scale=2.0)
+  want = np.repeat([0, 1], 32)
+  acc = np.mean((x.reshape(64, -1) @ w + b > 0) == want)
+  assert acc > 0.8, acc
