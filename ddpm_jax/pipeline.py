@@ -164,13 +164,12 @@ class Pipeline:
     """
     if num <= 0:
       raise UserError(f'number of images must be positive, got {num}')
+    if guidance_scale is not None and not self.num_classes:
+      raise UserError('a guidance scale needs a class-conditional model; '
+                      'this one is unconditional')
     y = self._labels(labels, num)
-    if guidance_scale is not None:
-      if not self.num_classes:
-        raise UserError('a guidance scale needs a class-conditional model; '
-                        'this one is unconditional')
-      if y is None:
-        raise UserError('a guidance scale needs labels')
+    if guidance_scale is not None and y is None:
+      raise UserError('a guidance scale needs labels')
     if y is None and self.num_classes:
       y = np.full((num,), self.num_classes, np.int32)   # the null label
     if strength is not None and not 0.0 <= strength <= 1.0:
