@@ -29,8 +29,10 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', os.path.splitext(os.path.basename(config_path))[0])
   summary = trainer.train(_CONFIG.value, workdir)
-  print(f"done: step {summary['step']}, final loss {summary['final_loss']:.4f}, "
-        f"{summary['wall_time_s']:.0f} s; samples in {workdir}/samples")
+  status = 'stopped by SIGTERM' if summary['preempted'] else 'done'
+  print(f"{status}: step {summary['step']}, final loss "
+        f"{summary['final_loss']:.4f}, {summary['wall_time_s']:.0f} s; "
+        f"samples in {workdir}/samples")
 
 
 if __name__ == '__main__':

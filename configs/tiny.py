@@ -1,4 +1,4 @@
-"""A tiny config for tests: 8×8 MNIST-5k, T=50, a UNet of ~10k params.
+"""A tiny config for tests: 8×8 MNIST-5k, T=50, a UNet of 44,969 params.
 
 Run: python train.py --config configs/tiny.py --workdir /tmp/tiny
 Expected: finishes in seconds on a CPU; the samples are not meant to look like

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import threading
 import time
 import uuid
 
@@ -38,6 +41,72 @@ def prepare_workdir(workdir: str) -> None:
                         f'{e.strerror or e}') from None
 
 
+class WorkdirLock:
+  """`<workdir>/train.lock` holding "pid host": a second trainer on the same
+  workdir refuses to start. A lock whose process is gone (same host) is stale
+  and taken over."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'train.lock')
+    self.held = False
+
+  def acquire(self) -> None:
+    me = f'{os.getpid()} {socket.gethostname()}'
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        if self._stale():
+          os.remove(self.path)
+          continue
+        with open(self.path) as f:
+          owner = f.read().strip()
+        raise TrainingError(f'another trainer (pid host: {owner}) is using this '
+                            f'workdir; stop it or remove {self.path} if it is gone')
+      with os.fdopen(fd, 'w') as f:
+        f.write(me)
+      self.held = True
+      return
+
+  def _stale(self) -> bool:
+    try:
+      with open(self.path) as f:
+        pid, host = f.read().split()
+      if host != socket.gethostname():
+        return False
+      os.kill(int(pid), 0)
+      return False
+    except ProcessLookupError:
+      return True
+    except (ValueError, OSError):
+      return False
+
+  def release(self) -> None:
+    if self.held and os.path.exists(self.path):
+      os.remove(self.path)
+    self.held = False
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
 class MetricsWriter:
   """Scalars as JSON lines in <workdir>/metrics.jsonl (process 0 only)."""
 
@@ -63,24 +132,31 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
                              jax.process_index(), jax.process_count())
   mesh = training.make_mesh()
   setup, state = training.init_model_and_state(config)
-  ckpt = ckpt_lib.Checkpointer(workdir, keep=t_cfg.keep_checkpoints)
+  lock = WorkdirLock(workdir)
+  if is_main:
+    lock.acquire()
   try:
-    latest = ckpt.latest_step()
-    if latest is not None:
-      _, meta = ckpt.read_meta(latest)
-      ckpt_lib.check_compatible(config, meta, ckpt.directory)
-      state = ckpt.restore(latest, state, mesh)
-    else:
-      state = training.replicate(state, mesh)
-    return _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
-                 progress)
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=t_cfg.keep_checkpoints)
+    try:
+      latest = ckpt.latest_step()
+      if latest is not None:
+        _, meta = ckpt.read_meta(latest)
+        ckpt_lib.check_compatible(config, meta, ckpt.directory)
+        state = ckpt.restore(latest, state, mesh)
+      else:
+        state = training.replicate(state, mesh)
+      with Preemption() as preempt:
+        return _loop(config, workdir, setup, state, batches, mesh, ckpt,
+                     is_main, progress, preempt)
+    finally:
+      ckpt.wait()
+      ckpt.close()
   finally:
-    ckpt.wait()
-    ckpt.close()
+    lock.release()
 
 
 def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
-          progress) -> dict:
+          progress, preempt: Preemption) -> dict:
   t_cfg = config.training
   train_step = training.make_train_step(setup, mesh)
   sampler = samplers_lib.make_sampler(
@@ -144,11 +220,22 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
       ckpt.save(state, config, data_step=done)
     if (t_cfg.sample_every and done % t_cfg.sample_every == 0) or done == t_cfg.num_steps:
       _write_grid(grid_fn, state, config, workdir, done, is_main)
+    if preempt.requested:  # SIGTERM: finish this step, checkpoint, exit 0
+      if pending is not None:
+        resolve(pending)
+        pending = None
+      if done % t_cfg.checkpoint_every and done != t_cfg.num_steps:
+        ckpt.save(state, config, data_step=done)
+      if is_main:
+        print(f'\nSIGTERM: saved a checkpoint at step {done}; run the same '
+              'command to resume', flush=True)
+      break
   pbar.close()
   if pending is not None:
     resolve(pending)
   end = int(jax.device_get(state.step))
   return {'step': end, 'final_loss': last_loss, 'losses': losses,
+          'preempted': preempt.requested,
           'num_params': setup.num_params,
           'skipped_steps': skipped, 'wall_time_s': time.time() - t0}
 

@@ -155,3 +155,11 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   replicated = NamedSharding(mesh, P())
   return jax.jit(train_step, donate_argnames='state',
                  out_shardings=(replicated, replicated))
+
+
+if __name__ == '__main__':
+  # python -m ddpm_jax.training configs/*.py  -> parameter count of each config
+  import sys
+  from ddpm_jax.config import load_config_file
+  for path in sys.argv[1:]:
+    print(f'{path}: {abstract_state(load_config_file(path))[0].num_params:,} parameters')

@@ -16,9 +16,5 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def tiny_config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      'tiny_cfg', os.path.join(REPO, 'configs', 'tiny.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  from ddpm_jax.config import load_config_file
+  return load_config_file(os.path.join(REPO, 'configs', 'tiny.py'))

@@ -1,0 +1,85 @@
+"""The training loop's guards: NaN stop/skip, the workdir lock, SIGTERM."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from ddpm_jax import trainer
+from ddpm_jax.pipeline import load
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+  tiny_config.training.num_steps = 3
+  trainer.train(tiny_config, str(tmp_path), progress=False)
+  tiny_config.training.num_steps = 30
+  tiny_config.training.learning_rate = 1e30   # blows the weights up at once
+  tiny_config.training.warmup_steps = 1
+  with pytest.raises(trainer.TrainingError, match=r'non-finite loss or gradient at step \d+'):
+    trainer.train(tiny_config, str(tmp_path), progress=False)
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
+  assert steps[0] == 3
+  pipe = load(str(tmp_path), step=steps[-1], use_ema=False)
+  assert all(float(abs(x).max()) < 1e6 for x in __import__('jax').tree.leaves(pipe.params))
+  assert not (tmp_path / 'train.lock').exists()
+
+
+def test_skip_policy_skips_up_to_the_limit(tiny_config, tmp_path):
+  tiny_config.training.learning_rate = 1e30
+  tiny_config.training.warmup_steps = 1
+  tiny_config.training.nan_policy = 'skip'
+  tiny_config.training.max_skipped_steps = 100
+  summary = trainer.train(tiny_config, str(tmp_path), progress=False)
+  assert summary['step'] == 6 and summary['skipped_steps'] >= 1
+  tiny_config.training.max_skipped_steps = 1
+  tiny_config.training.num_steps = 12
+  with pytest.raises(trainer.TrainingError, match='non-finite'):
+    trainer.train(tiny_config, str(tmp_path / 'b'), progress=False)
+
+
+def test_workdir_lock(tmp_path):
+  lock = trainer.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  assert open(lock.path).read() == f'{os.getpid()} {socket.gethostname()}'
+  with pytest.raises(trainer.TrainingError, match='another trainer'):
+    trainer.WorkdirLock(str(tmp_path)).acquire()
+  lock.release()
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  with open(lock.path, 'w') as f:       # a stale lock from a finished process
+    f.write(f'{dead.pid} {socket.gethostname()}')
+  again = trainer.WorkdirLock(str(tmp_path))
+  again.acquire()
+  again.release()
+  assert not os.path.exists(lock.path)
+
+
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path):
+  wd = tmp_path / 'wd'
+  args = [sys.executable, os.path.join(REPO, 'train.py'),
+          f'--config={os.path.join(REPO, "configs", "tiny.py")}', f'--workdir={wd}',
+          '--config.training.num_steps=100000', '--config.training.checkpoint_every=100000',
+          '--config.training.log_every=1']
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = wd / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and
+                                        len(metrics.read_text().splitlines()) >= 3):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err
+  assert 'stopped by SIGTERM' in out
+  steps = [int(s) for s in os.listdir(wd / 'checkpoints')]
+  assert len(steps) == 1 and steps[0] >= 3
+  assert not (wd / 'train.lock').exists()
+  r = subprocess.run(args[:-3] + [f'--config.training.num_steps={steps[0] + 2}'],
+                     capture_output=True, text=True, timeout=240)
+  assert r.returncode == 0, r.stderr
+  assert f'resuming from checkpoint at step {steps[0]}' in r.stdout
+  assert f'done: step {steps[0] + 2}' in r.stdout
