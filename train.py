@@ -19,12 +19,25 @@ _CONFIG = config_flags.DEFINE_config_file(
     'Training config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config>).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator', None, 'Multi-host: address:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Multi-host with auto-detection (TPU pods, SLURM).')
+_CPU_COLLECTIVES = flags.DEFINE_enum(
+    'cpu_collectives', None, ['gloo', 'mpi'], 'Cross-process collectives on CPU.')
 
 
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   from ddpm_jax import trainer  # after flag parsing: keeps --help fast
+  if _CPU_COLLECTIVES.value:
+    import jax
+    jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
+  trainer.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                       _PROCESS_ID.value, _DISTRIBUTED.value)
   config_path = flags.FLAGS['config'].config_filename.split(':')[0]
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', os.path.splitext(os.path.basename(config_path))[0])

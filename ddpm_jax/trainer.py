@@ -220,7 +220,7 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
       ckpt.save(state, config, data_step=done)
     if (t_cfg.sample_every and done % t_cfg.sample_every == 0) or done == t_cfg.num_steps:
       _write_grid(grid_fn, state, config, workdir, done, is_main)
-    if preempt.requested:  # SIGTERM: finish this step, checkpoint, exit 0
+    if _should_stop(preempt, done):  # SIGTERM: finish the step, checkpoint, exit 0
       if pending is not None:
         resolve(pending)
         pending = None
@@ -240,6 +240,41 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
           'skipped_steps': skipped, 'wall_time_s': time.time() - t0}
 
 
+def _should_stop(preempt: Preemption, step: int) -> bool:
+  """On several hosts every process must stop at the same step: JAX's
+  pre-emption sync point agrees on one; on one host the SIGTERM flag does."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    if multihost_utils.reached_preemption_sync_point(step):
+      preempt.requested = True
+  return preempt.requested
+
+
+def _gather(x) -> np.ndarray:
+  """A batch-sharded global array as one host array on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None,
+                                 process_id: int | None, auto: bool) -> None:
+  """jax.distributed.initialize from explicit flags, or auto-detected
+  (TPU pods, SLURM) with `auto`. Must run before any other JAX call."""
+  explicit = (coordinator, num_processes, process_id)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise TrainingError('--coordinator, --num_processes and --process_id go '
+                          'together')
+    if not 0 <= process_id < num_processes:
+      raise TrainingError(f'--process_id={process_id} is not in [0, '
+                          f'{num_processes})')
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif auto:
+    jax.distributed.initialize()
+
+
 def _write_grid(grid_fn, state, config, workdir, step, is_main) -> str:
   """EMA samples; a class-conditional model gets one row per class."""
   key = jax.random.fold_in(jax.random.key(config.seed), step)
@@ -252,7 +287,7 @@ def _write_grid(grid_fn, state, config, workdir, step, is_main) -> str:
                    np.float32(config.sampling.guidance_scale))
   else:
     x, _ = grid_fn(state.ema_params, key)
-  x = np.asarray(jax.device_get(x))  # every process takes part in the call
+  x = _gather(x)  # every process takes part in the call
   path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
   if is_main:
     images_lib.save_grid(x, path, nrow=nrow)

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ddpm_jax import diffusion, schedules
 
@@ -68,3 +69,45 @@ def test_l_simple_is_zero_for_the_true_noise_and_positive_otherwise():
   zero = lambda x, t: jnp.zeros_like(x)
   loss = float(diffusion.l_simple(zero, S, x0, jax.random.key(0)))
   assert 0.7 < loss < 1.3  # E[eps^2] = 1
+
+
+def test_normal_kl_matches_float64_formula():
+  rng = np.random.default_rng(0)
+  m1, m2, l1, l2 = rng.normal(size=(4, 50))
+  ref = (np.log(np.sqrt(np.exp(l2)) / np.sqrt(np.exp(l1)))
+         + (np.exp(l1) + (m1 - m2) ** 2) / (2 * np.exp(l2)) - 0.5)
+  np.testing.assert_allclose(diffusion.normal_kl(m1, l1, m2, l2), ref, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(diffusion.normal_kl(m1, l1, m1, l1)).max()) < 1e-6
+
+
+def test_discretized_gaussian_is_a_distribution_over_256_levels():
+  levels = jnp.linspace(-1, 1, 256)
+  for mean, log_scale in [(0.1, np.log(0.05)), (-0.9, np.log(0.3)), (0.99, np.log(0.01))]:
+    lp = diffusion.discretized_gaussian_log_likelihood(
+        levels, jnp.full(256, mean), jnp.full(256, log_scale))
+    assert float(jnp.exp(lp).sum()) == pytest.approx(1.0, abs=2e-3)
+  # One interior bin against the float64 CDF difference (same tanh CDF).
+  x, mu, ls = 0.2, 0.25, np.log(0.1)
+  cdf = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+  ref = np.log(cdf((x - mu + 1 / 255) / 0.1) - cdf((x - mu - 1 / 255) / 0.1))
+  got = float(diffusion.discretized_gaussian_log_likelihood(jnp.array(x), jnp.array(mu), jnp.array(ls)))
+  assert got == pytest.approx(ref, rel=1e-4)
+
+
+def test_vlb_terms_of_the_true_posterior_model():
+  """With the exact ε the model mean equals the posterior mean, so every KL
+  term is just the variance mismatch, which is 0 for 'fixedsmall'."""
+  from ddpm_jax import schedules as sch
+  s = sch.make_schedule(sch.linear_betas(100, 1e-3, 0.2))
+  x0 = jnp.asarray(np.random.default_rng(0).choice([-1.0, 1.0], size=(2, 4, 4, 1)), jnp.float32)
+  key = jax.random.key(3)
+
+  def exact_eps(x, t):  # invert q_sample with the noise the bound will draw
+    noise = jax.random.normal(jax.random.fold_in(key, t[0]), x0.shape, x0.dtype)
+    return noise
+  terms, prior = diffusion.vlb_terms_bpd(exact_eps, s, x0, key, 'fixedsmall')
+  assert terms.shape == (100, 2) and prior.shape == (2,)
+  np.testing.assert_allclose(terms[1:], 0.0, atol=1e-4)
+  assert float(terms[0].min()) > 0 and float(prior.max()) < 0.1
+  large, _ = diffusion.vlb_terms_bpd(exact_eps, s, x0, key, 'fixedlarge')
+  assert float(large[1:].sum()) > 0.01  # beta > beta-tilde costs bits

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -83,3 +84,13 @@ def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path):
   assert r.returncode == 0, r.stderr
   assert f'resuming from checkpoint at step {steps[0]}' in r.stdout
   assert f'done: step {steps[0] + 2}' in r.stdout
+
+
+def test_short_bfloat16_run_has_no_nans(tiny_config, tmp_path):
+  tiny_config.model.dtype = 'bfloat16'
+  summary = trainer.train(tiny_config, str(tmp_path), progress=False)
+  assert summary['step'] == 6 and summary['skipped_steps'] == 0
+  assert all(np.isfinite(l) for _, l in summary['losses'])
+  pipe = load(str(tmp_path))
+  assert pipe.config.model.dtype == 'bfloat16'
+  assert np.isfinite(pipe.sample(num=2, sampler='ddim', num_steps=5)).all()

@@ -1,0 +1,218 @@
+"""Speed of sampling and training, JAX side by side with a PyTorch reference.
+
+  pip install -e '.[bench]'     # torch==2.13.0 (CPU build) and diffusers
+  python benchmarks/bench.py --config configs/mnist.py --batch 64 --steps 1000
+
+Reports, in one invocation on one machine:
+- sampling: compile time of the full scan (and of a 50-step scan), steady-state
+  seconds after block_until_ready, image-steps/s, achieved GFLOP/s (XLA's
+  cost analysis of one network call × steps) and % of a measured f32 matmul
+  ceiling (a large matmul in the same run);
+- training: steps/s and images/s of the jitted train step;
+- with torch and diffusers installed: the same UNet shape as diffusers
+  `UNet2DModel` (parameter counts checked to within 1%), sampled with a plain
+  Python loop and trained with torch Adam, and the JAX/PyTorch ratios.
+Prints a table and writes JSON (--out).
+"""
+
+import json
+import os
+import platform
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_jax import cli, data as data_lib, samplers, training
+from ddpm_jax.config import load_config_file, validate
+from ddpm_jax.pipeline import make_sample_fn
+
+_CONFIG = flags.DEFINE_string('config', 'configs/mnist.py', 'Config file.')
+_BATCH = flags.DEFINE_integer('batch', 64, 'Images per sampling call and train batch.')
+_STEPS = flags.DEFINE_integer('steps', 1000, 'Sampling steps.')
+_TRAIN_STEPS = flags.DEFINE_integer('train_steps', 20, 'Timed train steps.')
+_TORCH = flags.DEFINE_bool('torch', True, 'Run the PyTorch reference if installed.')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Override model.dtype.')
+_OUT = flags.DEFINE_string('out', None, 'JSON output path.')
+
+
+def _time(fn, repeat=1):
+  jax.block_until_ready(fn())
+  t = time.perf_counter()
+  for _ in range(repeat):
+    jax.block_until_ready(fn())
+  return (time.perf_counter() - t) / repeat
+
+
+def matmul_ceiling_gflops(n=2048):
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  return 2 * n ** 3 / _time(lambda: f(a), 5) / 1e9
+
+
+def jax_side(config, B, steps):
+  out = {}
+  setup, state = training.init_model_and_state(config)
+  params = jax.tree.map(lambda p: p + 0.01, state.ema_params)
+  mesh = training.make_mesh()
+  d = config.data
+  shape = (B, d.image_size, d.image_size, d.channels)
+  betas = training.betas_from_config(config)
+  out['params'] = setup.num_params
+
+  # FLOPs of one network call (a scan's cost analysis counts its body once).
+  fwd = jax.jit(setup.apply).lower(params, jnp.zeros(shape), jnp.zeros((B,), jnp.int32)).compile()
+  flops_call = float(fwd.cost_analysis()['flops'])
+  out['gflop_per_call'] = flops_call / 1e9
+
+  for n in sorted({steps, 50}):
+    fn = make_sample_fn(setup.apply, samplers.make_sampler('ddpm', betas, n), shape, mesh)
+    t = time.perf_counter()
+    compiled = fn.lower(params, jax.random.key(0)).compile()
+    out[f'compile_s_{n}'] = time.perf_counter() - t
+    if n == steps:
+      secs = _time(lambda: compiled(params, jax.random.key(1)))
+      out['sample_s'] = secs
+      out['image_steps_per_s'] = B * steps / secs
+      out['sample_gflops'] = flops_call * steps / secs / 1e9
+
+  config.training.batch_size = B
+  mesh = training.make_mesh()
+  step = training.make_train_step(setup, mesh)
+  st = training.replicate(state, mesh)
+  src = data_lib.load_embedded_mnist() if d.name == data_lib.EMBEDDED else None
+  if src is None:
+    images = np.zeros((B, d.image_size, d.image_size, d.channels), np.uint8)
+    batch = {'image': images, 'label': np.zeros(B, np.int32)}
+  else:
+    batch = data_lib.Batches(src, B, 0).batch(0)
+  gb = training.shard_batch(batch, mesh)
+  st, m = step(st, gb)
+  jax.block_until_ready(m)
+  t = time.perf_counter()
+  for _ in range(_TRAIN_STEPS.value):
+    st, m = step(st, gb)
+  jax.block_until_ready(m)
+  secs = (time.perf_counter() - t) / _TRAIN_STEPS.value
+  out['train_steps_per_s'] = 1 / secs
+  out['train_images_per_s'] = B / secs
+  return out
+
+
+def torch_side(config, B, steps):
+  import torch
+  from diffusers import UNet2DModel
+  torch.set_num_threads(os.cpu_count())
+  m, d = config.model, config.data
+  res, down, up = d.image_size, [], []
+  for level in range(len(m.ch_mult)):
+    attn = res in tuple(m.attn_resolutions)
+    down.append('AttnDownBlock2D' if attn else 'DownBlock2D')
+    res //= 2 if level < len(m.ch_mult) - 1 else 1
+  up = [b.replace('Down', 'Up') for b in reversed(down)]
+  net = UNet2DModel(
+      sample_size=d.image_size, in_channels=d.channels, out_channels=d.channels,
+      block_out_channels=tuple(m.ch * k for k in m.ch_mult),
+      layers_per_block=m.num_res_blocks, down_block_types=tuple(down),
+      up_block_types=tuple(up), norm_num_groups=m.num_groups, norm_eps=1e-6,
+      attention_head_dim=None, dropout=m.dropout, act_fn='silu',
+      freq_shift=1, flip_sin_to_cos=False).eval()
+  out = {'params': sum(p.numel() for p in net.parameters())}
+  betas = torch.tensor(training.betas_from_config(config), dtype=torch.float32)
+  T = len(betas)
+  ts = np.round(np.linspace(0, T - 1, steps)).astype(int)
+  ab = torch.cumprod(1 - betas, 0)
+  shape = (B, d.channels, d.image_size, d.image_size)
+
+  @torch.no_grad()
+  def sample(n):
+    x = torch.randn(shape)
+    abs_ = ab[ts]
+    abs_prev = torch.cat([torch.ones(1), abs_[:-1]])
+    for i in range(n - 1, -1, -1):
+      t = torch.full((B,), int(ts[i]))
+      eps = net(x, t).sample
+      a, ap = abs_[i], abs_prev[i]
+      beta = 1 - a / ap
+      x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+      mean = (beta * ap.sqrt() / (1 - a)) * x0 + ((1 - ap) * (1 - beta).sqrt() / (1 - a)) * x
+      x = mean + (beta.sqrt() * torch.randn_like(x) if i > 0 else 0)
+    return x
+  sample(2)
+  t = time.perf_counter()
+  sample(steps)
+  secs = time.perf_counter() - t
+  out['sample_s'] = secs
+  out['image_steps_per_s'] = B * steps / secs
+
+  net.train()
+  opt = torch.optim.Adam(net.parameters(), lr=2e-4)
+  x0 = torch.randn(shape)
+
+  def train_step():
+    t = torch.randint(0, T, (B,))
+    noise = torch.randn_like(x0)
+    a = ab[t].view(-1, 1, 1, 1)
+    loss = ((net(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample - noise) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+  train_step()
+  t = time.perf_counter()
+  for _ in range(_TRAIN_STEPS.value):
+    train_step()
+  secs = (time.perf_counter() - t) / _TRAIN_STEPS.value
+  out['train_steps_per_s'] = 1 / secs
+  out['train_images_per_s'] = B / secs
+  return out
+
+
+def main(argv):
+  del argv
+  config = load_config_file(_CONFIG.value)
+  if _DTYPE.value:
+    config.model.dtype = _DTYPE.value
+  validate(config)
+  B, steps = _BATCH.value, _STEPS.value
+  report = {'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+                       f'{jax.devices()[0].device_kind}',
+            'date': time.strftime('%Y-%m-%d'), 'config': _CONFIG.value,
+            'batch': B, 'steps': steps, 'dtype': config.model.dtype}
+  report['matmul_ceiling_gflops'] = matmul_ceiling_gflops()
+  report['jax'] = j = jax_side(config, B, steps)
+  j['pct_of_ceiling'] = 100 * j['sample_gflops'] / report['matmul_ceiling_gflops']
+  rows = [('params', j['params']), ('compile s (full scan)', j[f'compile_s_{steps}']),
+          ('compile s (50-step scan)', j['compile_s_50']),
+          ('sample s', j['sample_s']), ('image-steps/s', j['image_steps_per_s']),
+          ('sampling GFLOP/s', j['sample_gflops']),
+          ('% of f32 matmul ceiling', j['pct_of_ceiling']),
+          ('train steps/s', j['train_steps_per_s']), ('train images/s', j['train_images_per_s'])]
+  if _TORCH.value:
+    try:
+      report['torch'] = t = torch_side(config, B, steps)
+    except ImportError as e:
+      print(f'PyTorch reference skipped: {e} (pip install -e ".[bench]")')
+    else:
+      report['param_ratio'] = j['params'] / t['params']
+      report['sample_speedup_jax_over_torch'] = j['image_steps_per_s'] / t['image_steps_per_s']
+      report['train_speedup_jax_over_torch'] = j['train_steps_per_s'] / t['train_steps_per_s']
+  print(f"{report['machine']}; matmul ceiling {report['matmul_ceiling_gflops']:.0f} GFLOP/s")
+  print(f"{'':28s} {'JAX':>12s} {'PyTorch':>12s}")
+  for name, v in rows:
+    key = {'params': 'params', 'sample s': 'sample_s', 'image-steps/s': 'image_steps_per_s',
+           'train steps/s': 'train_steps_per_s', 'train images/s': 'train_images_per_s'}.get(name)
+    ref = report.get('torch', {}).get(key) if key else None
+    print(f'{name:28s} {v:12.2f} {ref if ref is None else f"{ref:12.2f}":>12}')
+  for k in ('param_ratio', 'sample_speedup_jax_over_torch', 'train_speedup_jax_over_torch'):
+    if k in report:
+      print(f'{k}: {report[k]:.3f}')
+  if _OUT.value:
+    with open(_OUT.value, 'w') as f:
+      json.dump(report, f, indent=1)
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,159 @@
+"""Pre-emption soak: kill a tiny training run at random moments, resume, repeat.
+
+  python -m ddpm_jax.soak --workdir /tmp/soak --kills 20 [--seed 0]
+
+Each round starts `train.py` on the tiny config, waits until it has made
+progress past the last checkpoint, then sends SIGTERM or SIGKILL at a random
+moment. After every kill it checks that each checkpoint on disk is readable,
+and it records the steps lost. A final run goes to the last step. Because the
+batch for step s and the step's key depend only on (seed, s), a step that is
+run again after a resume must give exactly the same loss: the soak checks
+this for every repeated step in metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class Round:
+  signal: str
+  returncode: int
+  last_logged_step: int
+  checkpoint_step: int | None
+
+  @property
+  def steps_lost(self) -> int:
+    return self.last_logged_step - (self.checkpoint_step or 0)
+
+
+def _logged(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass  # a line torn by SIGKILL
+  return out
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+  d = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def _check_readable(workdir: str) -> None:
+  """Every finalised checkpoint restores (run in a child: no JAX here)."""
+  code = ('import sys; from ddpm_jax.checkpoint import Checkpointer\n'
+          'from ddpm_jax.pipeline import load\n'
+          'for s in Checkpointer(sys.argv[1], read_only=True).all_steps():\n'
+          '  load(sys.argv[1], step=s)\n')
+  r = subprocess.run([sys.executable, '-c', code, workdir], capture_output=True,
+                     text=True, timeout=300)
+  if r.returncode:
+    raise RuntimeError(f'unreadable checkpoint in {workdir}: {r.stderr[-2000:]}')
+
+
+def run_soak(workdir: str, kills: int = 20, num_steps: int = 300,
+             checkpoint_every: int = 10, seed: int = 0,
+             max_delay_s: float = 1.5) -> dict:
+  rng = random.Random(seed)
+  cmd = [sys.executable, os.path.join(_REPO, 'train.py'),
+         f'--config={os.path.join(_REPO, "configs", "tiny.py")}',
+         f'--workdir={workdir}', f'--config.training.num_steps={num_steps}',
+         f'--config.training.checkpoint_every={checkpoint_every}',
+         '--config.training.log_every=1', '--config.training.keep_checkpoints=3']
+  rounds: list[Round] = []
+  t0 = time.time()
+  while len(rounds) < kills:
+    start = (_checkpoint_steps(workdir) or [0])[-1]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+      logged = _logged(workdir)
+      if logged and logged[-1]['step'] > start:
+        break
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0, max_delay_s))
+    if proc.poll() is not None:
+      if _checkpoint_steps(workdir)[-1:] == [num_steps]:
+        raise RuntimeError('the run finished before all kills; raise num_steps')
+      raise RuntimeError(f'train.py exited on its own: {proc.stderr.read()[-2000:]}')
+    sig = rng.choice([signal.SIGTERM, signal.SIGKILL])
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    if sig == signal.SIGTERM and proc.returncode != 0:
+      raise RuntimeError(f'SIGTERM gave exit code {proc.returncode}: {err[-2000:]}')
+    _check_readable(workdir)
+    steps = _checkpoint_steps(workdir)
+    logged = _logged(workdir)
+    rounds.append(Round(sig.name, proc.returncode,
+                        logged[-1]['step'] if logged else 0,
+                        steps[-1] if steps else None))
+  final = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  if final.returncode:
+    raise RuntimeError(f'the final run failed: {final.stderr[-2000:]}')
+  _check_readable(workdir)
+
+  # Every step that was run more than once must have given the same loss.
+  first: dict[int, float] = {}
+  repeats = mismatches = 0
+  for rec in _logged(workdir):
+    s, loss = rec['step'], rec['loss']
+    if s in first:
+      repeats += 1
+      mismatches += first[s] != loss
+    else:
+      first[s] = loss
+  lost = {k: [r.steps_lost for r in rounds if r.signal == k]
+          for k in ('SIGTERM', 'SIGKILL')}
+  return {
+      'kills': len(rounds),
+      'sigterm': len(lost['SIGTERM']), 'sigkill': len(lost['SIGKILL']),
+      'sigterm_steps_lost_max': max(lost['SIGTERM'], default=0),
+      'sigkill_steps_lost_max': max(lost['SIGKILL'], default=0),
+      'sigkill_steps_lost_mean': (sum(lost['SIGKILL']) / len(lost['SIGKILL'])
+                                  if lost['SIGKILL'] else 0.0),
+      'checkpoint_every': checkpoint_every,
+      'final_step': _checkpoint_steps(workdir)[-1],
+      'num_steps': num_steps,
+      'repeated_steps': repeats, 'repeated_loss_mismatches': mismatches,
+      'all_steps_logged': sorted(first) == list(range(1, num_steps + 1)),
+      'wall_time_s': round(time.time() - t0, 1),
+  }
+
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Empty directory.', required=True)
+_KILLS = flags.DEFINE_integer('kills', 20, 'Number of kills.')
+_STEPS = flags.DEFINE_integer('num_steps', 300, 'Steps of the run.')
+_EVERY = flags.DEFINE_integer('checkpoint_every', 10, 'Save interval.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill schedule.')
+
+
+def main(argv):
+  del argv
+  print(json.dumps(run_soak(_WORKDIR.value, _KILLS.value, _STEPS.value,
+                            _EVERY.value, _SEED.value), indent=1))
+
+
+if __name__ == '__main__':
+  app.run(main)
