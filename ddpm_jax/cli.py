@@ -13,8 +13,13 @@ from ddpm_jax.errors import UserError
 
 
 def fail(message: str, code: int = 2) -> None:
+  """Prints one line and exits. Saves are already finished (the trainer
+  waits for Orbax in `finally`); os._exit skips interpreter shutdown, where
+  Orbax's background event loop would print tracebacks after a failed
+  restore."""
   print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(code)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 def _one_line(e: BaseException) -> str:

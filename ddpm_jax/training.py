@@ -95,8 +95,19 @@ def abstract_state(config) -> tuple[Setup, TrainState]:
   return holder['setup'], shapes
 
 
+def _to_global(x, sharding: NamedSharding) -> jax.Array:
+  """A host value (the same on every process) as a global array; works when
+  the mesh spans devices of other processes, where device_put cannot."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _to_global(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def replicate(state: TrainState, mesh: Mesh) -> TrainState:
-  return jax.device_put(state, NamedSharding(mesh, P()))
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: _to_global(x, sharding), state)
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
