@@ -17,6 +17,6 @@ def get_config():
   c = base_config()
   c.model.class_conditional = True
   c.training.label_dropout = 0.1
-  c.training.num_sample_images = 40
+  c.training.num_sample_images = 20  # 2 per digit; guidance doubles the batch
   c.sampling.guidance_scale = 2.0
   return c

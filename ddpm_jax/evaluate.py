@@ -8,6 +8,8 @@ Prints and writes <workdir>/eval_<step>.json:
 - the real-vs-real floor (one held-out half against the other);
 - the share of confident predictions (max p > 0.9);
 - the entropy of the predicted-class histogram (mode coverage; max log2 10);
+- for class-conditional models (labels cycle 0-9, --guidance-scale w): the
+  share of samples the classifier puts in the requested class;
 - with --bpd_images N, the variational bound in bits/dim on N held-out images
   (the paper's discretised decoder; T network calls per batch).
 """
@@ -27,6 +29,8 @@ _SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m'], 'Samp
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: all T).')
 _BATCH = flags.DEFINE_integer('batch', 250, 'Images per sampling call.')
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Step (default: latest).')
+_GUIDANCE = flags.DEFINE_float('guidance-scale', None, 'Class-conditional models: '
+                               'guidance weight (labels cycle 0-9).')
 _BPD = flags.DEFINE_integer('bpd_images', 0, 'Held-out images for bits/dim (0: skip); '
                             'costs T network calls per batch.')
 
@@ -53,17 +57,23 @@ def main(argv):
     labels = list(np.arange(done, done + n) % 10) if pipe.num_classes else None
     parts.append(pipe.sample(n, seed=_SEED.value * 100003 + done,
                              sampler=_SAMPLER.value, num_steps=_STEPS.value,
-                             labels=labels))
+                             labels=labels, guidance_scale=_GUIDANCE.value))
     done += n
   samples = np.concatenate(parts)
+  sampling_seconds = round(time.time() - t0, 1)
   result = evaluation.mnist_metrics(model, samples, held)
+  if pipe.num_classes:
+    _, probs = evaluation.classify(model, samples)
+    requested = np.arange(len(samples)) % 10
+    result['requested_class_accuracy'] = float((probs.argmax(1) == requested).mean())
+    result['guidance_scale'] = _GUIDANCE.value
   if _BPD.value:
     t1 = time.time()
     result.update(evaluation.bits_per_dim(pipe, held[:_BPD.value]))
     result['bpd_seconds'] = round(time.time() - t1, 1)
   result.update(step=pipe.step, sampler=_SAMPLER.value or pipe.config.sampling.sampler,
                 steps=_STEPS.value or pipe.config.diffusion.num_timesteps,
-                sampling_seconds=round(time.time() - t0, 1))
+                sampling_seconds=sampling_seconds)
   path = os.path.join(_WORKDIR.value, f'eval_{pipe.step}.json')
   with open(path + '.tmp', 'w') as f:
     json.dump(result, f, indent=1)

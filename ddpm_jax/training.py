@@ -92,7 +92,9 @@ def abstract_state(config) -> tuple[Setup, TrainState]:
     holder['setup'] = setup
     return state
   shapes = jax.eval_shape(build)
-  return holder['setup'], shapes
+  # The schedule built inside eval_shape is abstract: rebuild it concretely.
+  setup = dataclasses.replace(holder['setup'], schedule=schedule_from_config(config))
+  return setup, shapes
 
 
 def _to_global(x, sharding: NamedSharding) -> jax.Array:

@@ -60,6 +60,7 @@ def test_resume_continues_the_same_run(tiny_config, tmp_path):
 def test_load_and_sample_in_three_lines(tiny_config, tmp_path):
   trainer.train(tiny_config, str(tmp_path), progress=False)
   pipe = load(str(tmp_path))
+  assert np.asarray(pipe.setup.schedule.alphas_cumprod).shape == (50,)  # concrete
   x = pipe.sample(num=3, seed=0)
   assert x.shape == (3, 8, 8, 1) and np.isfinite(x).all()
   np.testing.assert_array_equal(x, pipe.sample(num=3, seed=0))

@@ -130,3 +130,9 @@ def test_sample_on_corrupt_checkpoint_keeps_existing_output(trained, tmp_path):
   r = _run('sample.py', f'--workdir={wd}', '--checkpoint=3', f'--out={out}')
   _assert_one_line_error(r, 'checkpoint 3', 'does not match the model')
   assert out.read_bytes() == b'previous result'
+
+
+def test_evaluate_refuses_a_non_mnist_shaped_model(trained):
+  r = subprocess.run([sys.executable, '-m', 'ddpm_jax.evaluate', f'--workdir={trained}',
+                      '--num=10'], capture_output=True, text=True, cwd=REPO, timeout=300)
+  _assert_one_line_error(r, 'makes 8x8x1')
