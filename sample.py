@@ -35,6 +35,8 @@ _GUIDANCE = flags.DEFINE_float('guidance-scale', None,
 _INIT = flags.DEFINE_string('init-image', None, 'Input image for img2img or inpainting.')
 _STRENGTH = flags.DEFINE_float('strength', None, 'img2img strength in [0, 1].')
 _MASK = flags.DEFINE_string('mask', None, 'Inpainting mask (white = regenerate).')
+_JUMPS = flags.DEFINE_integer('jumps', 0, 'Inpainting: RePaint resamplings per '
+                              '10-step block (ddpm or ddim).')
 
 
 def main(argv):
@@ -47,7 +49,8 @@ def main(argv):
       sampler=_SAMPLER.value, num_steps=_STEPS.value, eta=_ETA.value,
       clip_x0=_CLIP.value, spacing=_SPACING.value,
       labels=parse_labels(_LABEL.value), guidance_scale=_GUIDANCE.value,
-      init_image=_INIT.value, strength=_STRENGTH.value, mask=_MASK.value)
+      init_image=_INIT.value, strength=_STRENGTH.value, mask=_MASK.value,
+      jumps=_JUMPS.value)
   print('wrote ' + ', '.join(paths.values()))
 
 

@@ -58,12 +58,22 @@ class Checkpointer:
     step = int(jax.device_get(state.step))
     meta = {'config': json.loads(config.to_json()), 'data_step': data_step,
             'step': step}
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_to_saveable(state)),
-        meta=ocp.args.JsonSave(meta)), force=force)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_to_saveable(state)),
+          meta=ocp.args.JsonSave(meta)), force=force)
+    except Exception as e:  # full disk, lost permissions, ...
+      raise CheckpointError(f'saving checkpoint {step} in {self.directory} '
+                            f'failed: {_short(e)}; earlier checkpoints are '
+                            'intact') from None
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # an asynchronous write that failed
+      raise CheckpointError(f'writing a checkpoint in {self.directory} '
+                            f'failed: {_short(e)}; earlier checkpoints are '
+                            'intact') from None
 
   def close(self) -> None:
     self.manager.close()

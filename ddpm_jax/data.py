@@ -127,8 +127,12 @@ class Batches:
 
 def preprocess(image_BHWC: jax.Array, image_size: int, random_flip: bool,
                key: jax.Array | None) -> jax.Array:
-  """uint8 → float32 in [-1, 1], resized to `image_size`, optionally flipped."""
-  x = image_BHWC.astype(jnp.float32) / 127.5 - 1.0
+  """uint8 → float32 in [-1, 1] (float input is taken as already scaled),
+  resized to `image_size`, optionally flipped."""
+  if jnp.issubdtype(image_BHWC.dtype, jnp.floating):
+    x = image_BHWC.astype(jnp.float32)
+  else:
+    x = image_BHWC.astype(jnp.float32) / 127.5 - 1.0
   B, H, W, C = x.shape
   if (H, W) != (image_size, image_size):
     x = jax.image.resize(x, (B, image_size, image_size, C), 'bilinear')

@@ -51,8 +51,8 @@ def generate(workdir: str, *, out: str = 'samples.png', num: int = 64,
              clip_x0: bool | None = None, spacing: str | None = None,
              labels: Sequence[int] | None = None,
              guidance_scale: float | None = None, init_image: str | None = None,
-             strength: float | None = None, mask: str | None = None
-             ) -> dict[str, str]:
+             strength: float | None = None, mask: str | None = None,
+             jumps: int = 0) -> dict[str, str]:
   """Samples `num` images; writes <out> (PNG grid), <stem>.npy and, with
   `gif`, <stem>.gif of the reverse process. Returns the written paths.
   Every check runs before anything is written."""
@@ -86,6 +86,7 @@ def generate(workdir: str, *, out: str = 'samples.png', num: int = 64,
   x, frames = pipe.sample(num, seed, sampler=sampler, num_steps=num_steps,
                           labels=labels, guidance_scale=guidance_scale,
                           init_image=x_init, strength=strength, mask=m,
+                          jumps=jumps,
                           capture_every=capture, return_frames=True, **kwargs)
   stem = os.path.splitext(out)[0]
   paths = {'png': out, 'npy': stem + '.npy'}

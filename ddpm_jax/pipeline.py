@@ -50,7 +50,7 @@ def strength_to_start(strength: float, num_steps: int) -> int:
 def make_sample_fn(apply: Callable, sampler: samplers_lib.Sampler,
                    shape: tuple[int, ...], mesh: Mesh | None = None,
                    capture_every: int = 0, *, null_label: int = 0,
-                   strength: float | None = None) -> Callable:
+                   strength: float | None = None, jumps: int = 0) -> Callable:
   """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None)
   -> (x0, frames).
 
@@ -80,6 +80,10 @@ def make_sample_fn(apply: Callable, sampler: samplers_lib.Sampler,
     else:
       t_B = jnp.full(shape[:1], start)
       x_T = diffusion.q_sample(sampler.schedule, x_init, t_B, noise)
+    if jumps:
+      x = samplers_lib.sample_inpaint_with_jumps(sampler, eps_fn, loop_key, x_T,
+                                                 x_init, mask, jumps)
+      return x, None
     return sampler.sample(
         eps_fn, loop_key, x_T, start=start, capture_every=capture_every,
         known_x0=x_init if mask is not None else None, known_mask=mask)
@@ -153,14 +157,16 @@ class Pipeline:
   def sample(self, num: int = 16, seed: int = 0, *, sampler: str | None = None,
              num_steps: int | None = None, labels: Sequence[int] | int | None = None,
              guidance_scale: float | None = None, init_image=None,
-             strength: float | None = None, mask=None, capture_every: int = 0,
-             return_frames: bool = False, **sampler_kwargs):
+             strength: float | None = None, mask=None, jumps: int = 0,
+             capture_every: int = 0, return_frames: bool = False,
+             **sampler_kwargs):
     """Samples `num` images in [-1, 1] (float32 NumPy, NHWC).
 
     labels: class per image (repeated to fill `num`); guidance_scale: the
     classifier-free guidance weight w (0: unconditional, 1: conditional).
     init_image ([H, W, C] or [num, H, W, C] in [-1, 1]) with `strength`
-    is img2img (SDEdit); with `mask` (1 = regenerate) it is inpainting.
+    is img2img (SDEdit); with `mask` (1 = regenerate) it is inpainting,
+    with `jumps` RePaint resamplings of every 10-step block (ddpm, ddim).
     """
     if num <= 0:
       raise UserError(f'number of images must be positive, got {num}')
@@ -178,6 +184,14 @@ class Pipeline:
       raise UserError('strength and mask need an init image')
     if strength is not None and mask is not None:
       raise UserError('use either strength (img2img) or mask (inpainting)')
+    if jumps < 0 or (jumps and mask is None):
+      raise UserError('jumps (RePaint resampling) is a non-negative count and '
+                      'needs a mask')
+    if jumps and capture_every:
+      raise UserError('jumps and frame capture cannot be combined')
+    if jumps and (sampler or self.config.sampling.sampler) == 'dpm++2m':
+      raise UserError('jumps needs a single-step sampler (ddpm or ddim), not '
+                      'dpm++2m')
     x_init = m = None
     if init_image is not None:
       if strength is None and mask is None:
@@ -187,14 +201,15 @@ class Pipeline:
       if mask is not None:
         m = self._image(mask, num, 'the mask')
 
-    key_args = (num, sampler, num_steps, capture_every, strength,
+    key_args = (num, sampler, num_steps, capture_every, strength, jumps,
                 guidance_scale is not None, y is None, m is None,
                 tuple(sorted(sampler_kwargs.items())))
     if key_args not in self._cache:
       smp = self.sampler(sampler, num_steps, **sampler_kwargs)
       self._cache[key_args] = make_sample_fn(
           self.setup.apply, smp, (num,) + self.image_shape, self.mesh,
-          capture_every, null_label=self.num_classes, strength=strength)
+          capture_every, null_label=self.num_classes, strength=strength,
+          jumps=jumps)
     scale = None if guidance_scale is None else jnp.float32(guidance_scale)
     x, frames = self._cache[key_args](self.params, jax.random.key(seed), y,
                                       scale, x_init, m)

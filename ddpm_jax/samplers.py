@@ -86,6 +86,61 @@ class Sampler:
     return inner[0], frames
 
 
+def repaint_schedule(num_steps: int, jumps: int, jump_length: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """(indices, up) of RePaint's resampling (Lugmayr et al., 2022): after each
+  block of `jump_length` denoising steps (but the last block), go back up
+  the block by forward noising and denoise it again, `jumps` times."""
+  ops = []
+  hi = num_steps - 1
+  while hi >= 0:
+    lo = max(hi - jump_length + 1, 0)
+    down = [(i, False) for i in range(hi, lo - 1, -1)]
+    ops += down
+    if lo > 0:
+      for _ in range(jumps):
+        ops += [(i, True) for i in range(lo, hi + 1)] + down
+    hi = lo - 1
+  idx, up = zip(*ops)
+  return np.asarray(idx, np.int32), np.asarray(up, bool)
+
+
+def sample_inpaint_with_jumps(sampler: Sampler, eps_fn: EpsFn, key: jax.Array,
+                              x_T: jax.Array, known_x0: jax.Array,
+                              known_mask: jax.Array, jumps: int,
+                              jump_length: int = 10) -> jax.Array:
+  """Inpainting with RePaint resampling, as one scan over down/up steps.
+  Only for samplers whose carry is x alone (ddpm, ddim)."""
+  if sampler.name == 'dpm++2m':
+    raise ValueError('--jumps needs a single-step sampler (ddpm or ddim), '
+                     'not dpm++2m')
+  idx, up = repaint_schedule(sampler.num_steps, jumps, jump_length)
+  s = sampler.schedule
+
+  def body(x, op):
+    p, i, is_up = op
+    k = jax.random.fold_in(key, p)
+    z = jax.random.normal(k, x.shape, x.dtype)
+
+    def renoise(x):  # q(x_i | x_{i-1}) of the respaced process
+      b = s.betas[i].astype(x.dtype)
+      return jnp.sqrt(1.0 - b) * x + jnp.sqrt(b) * z
+
+    def denoise(x):
+      (x,) = sampler.step(eps_fn, (x,), i, k)
+      i_prev = jnp.maximum(i - 1, 0)
+      noised = diffusion.q_sample(s, known_x0, jnp.full(x.shape[:1], i_prev),
+                                  jax.random.normal(jax.random.fold_in(k, 1),
+                                                    x.shape, x.dtype))
+      known = jnp.where(i > 0, noised, known_x0)
+      return known_mask * x + (1.0 - known_mask) * known
+    return jax.lax.cond(is_up, renoise, denoise, x), None
+
+  ops = (jnp.arange(len(idx)), jnp.asarray(idx), jnp.asarray(up))
+  x, _ = jax.lax.scan(body, x_T, ops)
+  return x
+
+
 def _respaced(betas: np.ndarray, num_steps: int, spacing: str
               ) -> tuple[np.ndarray, Schedule]:
   timesteps = space_timesteps(len(betas), num_steps, spacing)

@@ -133,3 +133,24 @@ def test_trained_conditional_model_draws_the_requested_class(cond_config):
   want = np.repeat([0, 1], 32)
   acc = np.mean((x.reshape(64, -1) @ w + b > 0) == want)
   assert acc > 0.75, acc  # chance is 0.5; measured 0.86 when written
+
+
+def test_repaint_schedule_and_jumps_keep_known_pixels(tiny_config):
+  from ddpm_jax.samplers import repaint_schedule
+  idx, up = repaint_schedule(25, jumps=2, jump_length=10)
+  down = idx[~up]
+  assert list(idx[:10]) == list(range(24, 14, -1)) and not up[:10].any()
+  assert list(idx[10:20]) == list(range(15, 25)) and up[10:20].all()
+  assert down[-1] == 0 and (idx[-5:] == [4, 3, 2, 1, 0]).all()  # last block: no jump
+  assert len(down) == 25 + 2 * 20 and up.sum() == 2 * 20
+  pipe = _pipeline(tiny_config)
+  x = np.random.default_rng(2).uniform(-1, 1, (8, 8, 1)).astype(np.float32)
+  mask = np.zeros((8, 8, 1), np.float32)
+  mask[:, 4:] = 1.0
+  plain = pipe.sample(num=2, seed=0, sampler='ddpm', num_steps=20, init_image=x, mask=mask)
+  jumped = pipe.sample(num=2, seed=0, sampler='ddpm', num_steps=20, init_image=x,
+                       mask=mask, jumps=2)
+  np.testing.assert_array_equal(jumped[:, :, :4], np.broadcast_to(x, jumped.shape)[:, :, :4])
+  assert not np.allclose(jumped, plain)
+  with pytest.raises(UserError, match='single-step sampler'):
+    pipe.sample(num=2, sampler='dpm++2m', num_steps=20, init_image=x, mask=mask, jumps=1)

@@ -94,3 +94,53 @@ def test_short_bfloat16_run_has_no_nans(tiny_config, tmp_path):
   pipe = load(str(tmp_path))
   assert pipe.config.model.dtype == 'bfloat16'
   assert np.isfinite(pipe.sample(num=2, sampler='ddim', num_steps=5)).all()
+
+
+class _PoisonedSource:
+  """MNIST-5k as floats in [-1, 1], NaN in the batch of one chosen step."""
+
+  def __init__(self, bad_indices):
+    from ddpm_jax import data as data_lib
+    self.src, self.bad = data_lib.load_embedded_mnist(), set(bad_indices)
+
+  def __len__(self):
+    return len(self.src)
+
+  def read(self, idx):
+    images, labels = self.src.read(idx)
+    x = images.astype(np.float32) / 127.5 - 1.0
+    if self.bad & set(map(int, idx)):
+      x[:] = np.nan
+    return x, labels
+
+
+def test_non_finite_batch_stop_and_skip(tiny_config, tmp_path, monkeypatch):
+  from ddpm_jax import data as data_lib
+  bad_step = 4
+  idx = data_lib.Batches(data_lib.load_embedded_mnist(), 8, 0).indices(bad_step)
+  monkeypatch.setattr(data_lib, 'load_source', lambda cfg: _PoisonedSource(idx[:1]))
+  tiny_config.training.num_steps = 8
+  tiny_config.training.checkpoint_every = 2
+  with pytest.raises(trainer.TrainingError, match=f'at step {bad_step} '):
+    trainer.train(tiny_config, str(tmp_path / 'stop'), progress=False)
+  assert sorted(int(s) for s in os.listdir(tmp_path / 'stop' / 'checkpoints')) == [2, 4]
+  tiny_config.training.nan_policy = 'skip'
+  tiny_config.training.max_skipped_steps = 1
+  summary = trainer.train(tiny_config, str(tmp_path / 'skip'), progress=False)
+  assert summary['step'] == 8 and summary['skipped_steps'] == 1
+  assert bad_step not in [s for s, _ in summary['losses']]
+
+
+def test_failed_checkpoint_write_is_one_clear_line(tiny_config, tmp_path, monkeypatch):
+  from ddpm_jax import checkpoint as ckpt_lib
+  real_save = ckpt_lib.ocp.CheckpointManager.save
+
+  def full_disk(self, step, *a, **k):
+    if step >= 6:
+      raise OSError(28, 'No space left on device')
+    return real_save(self, step, *a, **k)
+  monkeypatch.setattr(ckpt_lib.ocp.CheckpointManager, 'save', full_disk)
+  with pytest.raises(ckpt_lib.CheckpointError, match='saving checkpoint 6 .* No space left'):
+    trainer.train(tiny_config, str(tmp_path), progress=False)
+  assert load(str(tmp_path)).step == 3   # the earlier checkpoint still loads
+  assert not (tmp_path / 'train.lock').exists()
