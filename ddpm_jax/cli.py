@@ -19,6 +19,8 @@ def fail(message: str, code: int = 2) -> None:
   restore."""
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)  # background threads may not add to the one line
   os._exit(code)
 
 

@@ -117,7 +117,8 @@ def load_classifier(path: str) -> LeNet:
   return model
 
 
-def mnist_classifier(cache_dir: str | None = None) -> tuple[LeNet, np.ndarray, np.ndarray]:
+def mnist_classifier(cache_dir: str | None = None, steps: int = 600
+                     ) -> tuple[LeNet, np.ndarray, np.ndarray]:
   """(classifier, held-out images [-1, 1], held-out labels); the classifier
   is trained once and cached as `<cache_dir>/mnist_lenet.npz`."""
   src = data_lib.load_embedded_mnist()
@@ -128,7 +129,7 @@ def mnist_classifier(cache_dir: str | None = None) -> tuple[LeNet, np.ndarray, n
   if path and os.path.exists(path):
     model = load_classifier(path)
   else:
-    model = train_classifier(src.images[train_idx], src.labels[train_idx])
+    model = train_classifier(src.images[train_idx], src.labels[train_idx], steps)
     if path:
       os.makedirs(cache_dir, exist_ok=True)
       save_classifier(model, path)

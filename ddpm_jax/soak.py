@@ -71,7 +71,7 @@ def _check_readable(workdir: str, checked: set[int]) -> None:
 
 def run_soak(workdir: str, kills: int = 20, num_steps: int = 300,
              checkpoint_every: int = 10, seed: int = 0,
-             max_delay_s: float = 1.5) -> dict:
+             max_delay_s: float = 1.0) -> dict:
   rng = random.Random(seed)
   cmd = [sys.executable, os.path.join(_REPO, 'train.py'),
          f'--config={os.path.join(_REPO, "configs", "tiny.py")}',

@@ -45,7 +45,7 @@ def test_fd_is_stable_on_singular_covariances():
 
 
 def test_held_out_split_and_classifier_metrics(tmp_path):
-  model, held, labels = evaluation.mnist_classifier(str(tmp_path))
+  model, held, labels = evaluation.mnist_classifier(str(tmp_path), steps=300)
   assert held.shape == (1000, 28, 28, 1) and np.bincount(labels).tolist() == [100] * 10
   _, probs = evaluation.classify(model, held)
   assert (probs.argmax(1) == labels).mean() > 0.9   # held-out accuracy
