@@ -9,14 +9,12 @@ checkpoint.
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from ddpm_jax import cli
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_HERE, 'configs', 'mnist.py'),
-    'Training config file.', lock_config=True)
+_CONFIG = cli.define_config(os.path.join(_HERE, 'configs', 'mnist.py'),
+                            'Training config file.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config>).')
 _COORDINATOR = flags.DEFINE_string(

@@ -29,6 +29,19 @@ def _one_line(e: BaseException) -> str:
   return re.sub(r'^flag --', '--', text)
 
 
+def define_config(default_path: str, help_text: str):
+  """config_flags.DEFINE_config_file, where a bad `--config.*` override that
+  ml_collections applies at definition time is one line too."""
+  from ml_collections import config_flags
+  try:
+    return config_flags.DEFINE_config_file('config', default_path, help_text,
+                                           lock_config=True)
+  except (KeyError, AttributeError) as e:
+    fail(_unknown_key(e, sys.argv))
+  except Exception as e:
+    fail(f'cannot load the config: {type(e).__name__}: {_one_line(e)}')
+
+
 def _unknown_key(e: BaseException, argv: list[str]) -> str:
   text = str(e).replace('\\n', ' ').replace("\\'", "'")
   key = re.match(r"""^['"]*'?([^'"]+)'""", text)

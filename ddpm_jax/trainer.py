@@ -125,9 +125,9 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
   config_lib.validate(config, jax.device_count())
   t_cfg = config.training
   is_main = jax.process_index() == 0
+  source = data_lib.load_source(config.data)  # fails before touching the workdir
   prepare_workdir(workdir)
 
-  source = data_lib.load_source(config.data)
   batches = data_lib.Batches(source, t_cfg.batch_size, config.seed,
                              jax.process_index(), jax.process_count())
   mesh = training.make_mesh()

@@ -136,3 +136,12 @@ def test_evaluate_refuses_a_non_mnist_shaped_model(trained):
   r = subprocess.run([sys.executable, '-m', 'ddpm_jax.evaluate', f'--workdir={trained}',
                       '--num=10'], capture_output=True, text=True, cwd=REPO, timeout=300)
   _assert_one_line_error(r, 'makes 8x8x1')
+
+
+def test_unknown_key_on_the_default_config_and_unprepared_data(tmp_path):
+  r = _run('train.py', '--config.training.bach_size=4', f'--workdir={tmp_path / "a"}')
+  _assert_one_line_error(r, 'unknown config key --config.training.bach_size')
+  r = _run('train.py', f'--config={os.path.join(REPO, "configs", "cifar10.py")}',
+           f'--config.data.data_dir={tmp_path / "tfds"}', f'--workdir={tmp_path / "b"}')
+  _assert_one_line_error(r, "TFDS dataset 'cifar10'", 'download_and_prepare')
+  assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
