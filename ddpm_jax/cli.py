@@ -17,10 +17,11 @@ def fail(message: str, code: int = 2) -> None:
   waits for Orbax in `finally`); os._exit skips interpreter shutdown, where
   Orbax's background event loop would print tracebacks after a failed
   restore."""
-  print(f'error: {message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)  # background threads may not add to the one line
+  sys.stderr.flush()
+  err = os.dup(2)
+  os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # threads can't add to the line
+  os.write(err, f'error: {message}\n'.encode())
   os._exit(code)
 
 

@@ -223,13 +223,13 @@ def load(workdir: str, step: int | None = None, use_ema: bool = True,
          mesh: Mesh | None = None) -> Pipeline:
   """Restores the checkpoint at `step` (default: latest) of a workdir."""
   ckpt = Checkpointer(workdir, read_only=True)
-  try:
-    step, meta = ckpt.read_meta(step)
-    config = config_from_meta(meta)
-    setup, target = abstract_state(config)
-    mesh = mesh or make_mesh()
-    state = ckpt.restore(step, target, mesh)
-  finally:
-    ckpt.close()
+  step, meta = ckpt.read_meta(step)
+  config = config_from_meta(meta)
+  setup, target = abstract_state(config)
+  mesh = mesh or make_mesh()
+  # Not closed on failure: closing Orbax's manager after a failed restore makes
+  # its background threads print tracebacks; the manager is dropped instead.
+  state = ckpt.restore(step, target, mesh)
+  ckpt.close()
   params = state.ema_params if use_ema else state.params
   return Pipeline(config, setup, params, mesh, step)
