@@ -7,7 +7,9 @@ Run:
 The default model plus a learned class embedding added to the time embedding
 (index 10 is the null label); labels are dropped with probability 0.1 during
 training. The training grid has one row per digit 0-9 at guidance scale 2.
-Measured result: see the README.
+Measured on a 2-core CPU: after 1000 steps, a LeNet puts 37% of the samples
+drawn at guidance 4 in the requested class (chance 10%; 100 samples, ddim 50
+steps). Conditioning is real but weak after this short run.
 """
 
 from ddpm_jax.config import base_config
