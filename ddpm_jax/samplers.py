@@ -61,11 +61,7 @@ class Sampler:
       if known_x0 is not None:
         noise = jax.random.normal(jax.random.fold_in(key, i + self.num_steps),
                                   known_x0.shape, known_x0.dtype)
-        i_prev = jnp.maximum(i - 1, 0)
-        noised = diffusion.q_sample(s, known_x0, jnp.full(known_x0.shape[:1], i_prev),
-                                    noise)
-        known = jnp.where(i > 0, noised, known_x0)
-        x = known_mask * inner[0] + (1.0 - known_mask) * known
+        x = replace_known(s, inner[0], known_x0, known_mask, i, noise)
         inner = (x,) + tuple(inner[1:])
       if capture_every:
         done = n - i  # steps taken so far
@@ -84,6 +80,16 @@ class Sampler:
     (inner, frames), _ = jax.lax.scan(body, (self.init_carry(x_T), frames),
                                       indices)
     return inner[0], frames
+
+
+def replace_known(s: Schedule, x: jax.Array, known_x0: jax.Array,
+                  known_mask: jax.Array, i: jax.Array, noise: jax.Array
+                  ) -> jax.Array:
+  """After the step from grid index i: keep x where mask = 1, elsewhere
+  `known_x0` noised to index i-1 (clean after the last step)."""
+  i_prev = jnp.full(known_x0.shape[:1], jnp.maximum(i - 1, 0))
+  known = jnp.where(i > 0, diffusion.q_sample(s, known_x0, i_prev, noise), known_x0)
+  return known_mask * x + (1.0 - known_mask) * known
 
 
 def repaint_schedule(num_steps: int, jumps: int, jump_length: int
@@ -128,12 +134,8 @@ def sample_inpaint_with_jumps(sampler: Sampler, eps_fn: EpsFn, key: jax.Array,
 
     def denoise(x):
       (x,) = sampler.step(eps_fn, (x,), i, k)
-      i_prev = jnp.maximum(i - 1, 0)
-      noised = diffusion.q_sample(s, known_x0, jnp.full(x.shape[:1], i_prev),
-                                  jax.random.normal(jax.random.fold_in(k, 1),
-                                                    x.shape, x.dtype))
-      known = jnp.where(i > 0, noised, known_x0)
-      return known_mask * x + (1.0 - known_mask) * known
+      noise = jax.random.normal(jax.random.fold_in(k, 1), x.shape, x.dtype)
+      return replace_known(s, x, known_x0, known_mask, i, noise)
     return jax.lax.cond(is_up, renoise, denoise, x), None
 
   ops = (jnp.arange(len(idx)), jnp.asarray(idx), jnp.asarray(up))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -73,10 +74,10 @@ def test_short_bfloat16_run_has_no_nans(tiny_config):
     state, m = step(state, training.shard_batch(batches.batch(i), mesh))
     losses.append(float(m['loss']))
   assert np.all(np.isfinite(losses))
-  assert {str(x.dtype) for x in __import__('jax').tree.leaves(state.params)} == {'float32'}
+  assert {str(x.dtype) for x in jax.tree.leaves(state.params)} == {'float32'}
   smp = make_sampler('ddim', np.asarray(setup.schedule.betas, np.float64), 5)
   x, _ = make_sample_fn(setup.apply, smp, (4, 8, 8, 1), mesh)(state.ema_params,
-                                                            __import__('jax').random.key(0))
+                                                            jax.random.key(0))
   assert x.dtype == np.float32 and np.isfinite(np.asarray(x)).all()
 
 
