@@ -142,6 +142,30 @@ def test_evaluate_refuses_a_non_mnist_shaped_model(trained):
   _assert_one_line_error(r, 'makes 8x8x1')
 
 
+def test_evaluate_inception_fid(trained, tmp_path):
+  """The Inception path end to end, on generated pytorch-fid-layout weights."""
+  import json
+  import numpy as np
+  from flax import nnx
+  from ddpm_jax import inception
+  weights = tmp_path / 'fid_inception.npz'
+  np.savez(weights, **inception.export_state_dict(inception.InceptionV3(rngs=nnx.Rngs(0))))
+  stats = tmp_path / 'stats.npz'
+  args = [sys.executable, '-m', 'ddpm_jax.evaluate', f'--workdir={trained}', '--num=4',
+          '--steps=2', f'--ref_stats={stats}', '--ref_images=12']
+  r = subprocess.run(args + [f'--inception_weights={tmp_path / "nope.npz"}'],
+                     capture_output=True, text=True, cwd=REPO, timeout=300)
+  _assert_one_line_error(r, 'nope.npz does not exist')
+  r = subprocess.run(args + [f'--inception_weights={weights}'], capture_output=True,
+                     text=True, cwd=REPO, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert 'biased upwards' in r.stdout
+  result = json.loads(r.stdout.splitlines()[-2])
+  assert result['fid_num_samples'] == 4 and np.isfinite(result['fid']) and result['fid'] > 0
+  with np.load(stats) as f:
+    assert f['mu'].shape == (2048,) and int(f['num_images']) == 12
+
+
 def test_unknown_key_on_the_default_config_and_unprepared_data(tmp_path):
   r = _run('train.py', '--config.training.bach_size=4', f'--workdir={tmp_path / "a"}')
   _assert_one_line_error(r, 'unknown config key --config.training.bach_size')
