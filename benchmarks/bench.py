@@ -9,6 +9,8 @@ Reports, in one invocation on one machine:
   cost analysis of one network call × steps) and % of a measured f32 matmul
   ceiling (a large matmul in the same run);
 - training: steps/s and images/s of the jitted train step;
+- the JAX side twice: with ddpm_jax's compile options (ddpm_jax.xla_options)
+  and with XLA's defaults, so the effect of the options is measured too;
 - with torch and diffusers installed: the same UNet shape as diffusers
   `UNet2DModel` (parameter counts checked to within 1%), sampled with a plain
   Python loop and trained with torch Adam, and the JAX/PyTorch ratios.
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import cli, data as data_lib, samplers, training
+from ddpm_jax import cli, data as data_lib, samplers, training, xla_options
 from ddpm_jax.config import load_config_file, validate
 from ddpm_jax.pipeline import make_sample_fn
 
@@ -186,8 +188,16 @@ def main(argv):
             'date': time.strftime('%Y-%m-%d'), 'config': _CONFIG.value,
             'batch': B, 'steps': steps, 'dtype': config.model.dtype}
   report['matmul_ceiling_gflops'] = matmul_ceiling_gflops()
+  report['compiler_options'] = xla_options.compiler_options()
   report['jax'] = j = jax_side(config, B, steps)
   j['pct_of_ceiling'] = 100 * j['sample_gflops'] / report['matmul_ceiling_gflops']
+  if report['compiler_options']:  # the same with XLA's defaults
+    os.environ[xla_options.ENV_DEFAULTS] = '1'
+    xla_options.compiler_options.cache_clear()
+    report['jax_xla_defaults'] = jd = jax_side(config, B, steps)
+    jd['pct_of_ceiling'] = 100 * jd['sample_gflops'] / report['matmul_ceiling_gflops']
+    report['sample_speedup_options_over_defaults'] = j['image_steps_per_s'] / jd['image_steps_per_s']
+    report['train_speedup_options_over_defaults'] = j['train_steps_per_s'] / jd['train_steps_per_s']
   if _OUT.value:  # before anything else can fail
     with open(_OUT.value, 'w') as f:
       json.dump(report, f, indent=1)
@@ -208,15 +218,26 @@ def main(argv):
       report['param_ratio'] = j['params'] / t['params']
       report['sample_speedup_jax_over_torch'] = j['image_steps_per_s'] / t['image_steps_per_s']
       report['train_speedup_jax_over_torch'] = j['train_steps_per_s'] / t['train_steps_per_s']
+      if 'jax_xla_defaults' in report:
+        report['sample_speedup_xla_defaults_over_torch'] = jd['image_steps_per_s'] / t['image_steps_per_s']
+        report['train_speedup_xla_defaults_over_torch'] = jd['train_steps_per_s'] / t['train_steps_per_s']
   print(f"{report['machine']}; matmul ceiling {report['matmul_ceiling_gflops']:.0f} GFLOP/s")
-  print(f"{'':28s} {'JAX':>12s} {'PyTorch':>12s}")
+  print(f"options: {report['compiler_options']}")
+  print(f"{'':28s} {'JAX':>12s} {'JAX, XLA dflt':>14s} {'PyTorch':>12s}")
+  keys = {'params': 'params', 'sample s': 'sample_s', 'image-steps/s': 'image_steps_per_s',
+          'train steps/s': 'train_steps_per_s', 'train images/s': 'train_images_per_s',
+          'sampling GFLOP/s': 'sample_gflops', '% of f32 matmul ceiling': 'pct_of_ceiling'}
   for name, v in rows:
-    key = {'params': 'params', 'sample s': 'sample_s', 'image-steps/s': 'image_steps_per_s',
-           'train steps/s': 'train_steps_per_s', 'train images/s': 'train_images_per_s'}.get(name)
-    ref = report.get('torch', {}).get(key) if key else None
-    ref_text = '' if ref is None else f'{ref:12.2f}'
-    print(f'{name:28s} {v:12.2f} {ref_text:>12s}')
-  for k in ('param_ratio', 'sample_speedup_jax_over_torch', 'train_speedup_jax_over_torch'):
+    key = keys.get(name) or next((k for k in j if k.startswith('compile_s_') and
+                                  name.startswith(f'compile s ({k[10:]}-')), None)
+    cells = []
+    for side, width in (('jax_xla_defaults', 14), ('torch', 12)):
+      ref = report.get(side, {}).get(key) if key else None
+      cells.append(f'{"" if ref is None else f"{ref:.2f}":>{width}s}')
+    print(f'{name:28s} {v:12.2f} {cells[0]} {cells[1]}')
+  for k in ('param_ratio', 'sample_speedup_jax_over_torch', 'train_speedup_jax_over_torch',
+            'sample_speedup_xla_defaults_over_torch', 'train_speedup_xla_defaults_over_torch',
+            'sample_speedup_options_over_defaults', 'train_speedup_options_over_defaults'):
     if k in report:
       print(f'{k}: {report[k]:.3f}')
   if _OUT.value:

@@ -9,6 +9,7 @@ halves give the real-vs-real floor.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -18,6 +19,7 @@ import optax
 from flax import nnx
 
 from ddpm_jax import data as data_lib
+from ddpm_jax.xla_options import compiler_options
 
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
@@ -181,7 +183,7 @@ def bits_per_dim(pipe, x0_BHWC: np.ndarray, batch: int = 64, seed: int = 0) -> d
   var_type = pipe.config.sampling.var_type
   cond = pipe.num_classes
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=compiler_options())
   def terms_fn(params, x0, key):
     y = jnp.full(x0.shape[:1], cond, jnp.int32) if cond else None
     eps_fn = lambda x, t: pipe.setup.apply(params, x, t, y)

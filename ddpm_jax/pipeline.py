@@ -23,6 +23,7 @@ from ddpm_jax import diffusion
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax.checkpoint import Checkpointer, config_from_meta
 from ddpm_jax.errors import UserError
+from ddpm_jax.xla_options import compiler_options
 from ddpm_jax.training import (Setup, abstract_state, betas_from_config,
                                make_mesh)
 
@@ -87,7 +88,7 @@ def make_sample_fn(apply: Callable, sampler: samplers_lib.Sampler,
     return sampler.sample(
         eps_fn, loop_key, x_T, start=start, capture_every=capture_every,
         known_x0=x_init if mask is not None else None, known_mask=mask)
-  return jax.jit(fn)
+  return jax.jit(fn, compiler_options=compiler_options())
 
 
 @dataclasses.dataclass

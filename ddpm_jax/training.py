@@ -21,6 +21,7 @@ from ddpm_jax import data as data_lib
 from ddpm_jax import diffusion
 from ddpm_jax.model import build_model, make_apply, split_model
 from ddpm_jax.schedules import Schedule, get_betas, make_schedule
+from ddpm_jax.xla_options import compiler_options
 
 
 @jax.tree_util.register_dataclass
@@ -167,7 +168,8 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(train_step, donate_argnames='state',
-                 out_shardings=(replicated, replicated))
+                 out_shardings=(replicated, replicated),
+                 compiler_options=compiler_options())
 
 
 if __name__ == '__main__':

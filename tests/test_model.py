@@ -96,3 +96,23 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
   rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
   assert rel < 0.03, rel  # bf16 has an 8-bit mantissa: ~0.4% per op
   assert rel > 0        # and it really computed in bf16
+
+
+def test_group_norm_matches_float64_reference_and_nnx():
+  from ddpm_jax.model import GroupNorm
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(3, 5, 6, 16)) * 2 + 0.5).astype(np.float32)
+  ours = GroupNorm(16, 4, epsilon=1e-6, rngs=nnx.Rngs(0))
+  ref_mod = nnx.GroupNorm(16, 4, epsilon=1e-6, rngs=nnx.Rngs(0))
+  scale, bias = rng.normal(size=16), rng.normal(size=16)
+  for m in (ours, ref_mod):
+    m.scale[...] = jnp.asarray(scale, jnp.float32)
+    m.bias[...] = jnp.asarray(bias, jnp.float32)
+  xg = x.astype(np.float64).reshape(3, 5, 6, 4, 4)
+  mean = xg.mean((1, 2, 4), keepdims=True)
+  var = xg.var((1, 2, 4), keepdims=True)
+  ref = ((xg - mean) / np.sqrt(var + 1e-6)).reshape(x.shape) * scale + bias
+  np.testing.assert_allclose(np.asarray(ours(x)), ref, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref_mod(x)), atol=2e-5)
+  # same parameter tree as nnx.GroupNorm: checkpoints stay compatible
+  assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(ref_mod))
