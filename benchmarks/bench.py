@@ -30,6 +30,7 @@ import numpy as np
 from ddpm_jax import cli, data as data_lib, samplers, training, xla_options
 from ddpm_jax.config import load_config_file, validate
 from ddpm_jax.pipeline import make_sample_fn
+from torch_reference import torch_unet
 
 _CONFIG = flags.DEFINE_string('config', 'configs/mnist.py', 'Config file.')
 _BATCH = flags.DEFINE_integer('batch', 64, 'Images per sampling call and train batch.')
@@ -109,22 +110,8 @@ def jax_side(config, B, steps):
 
 def torch_side(config, B, steps):
   import torch
-  from diffusers import UNet2DModel
-  torch.set_num_threads(os.cpu_count())
-  m, d = config.model, config.data
-  res, down, up = d.image_size, [], []
-  for level in range(len(m.ch_mult)):
-    attn = res in tuple(m.attn_resolutions)
-    down.append('AttnDownBlock2D' if attn else 'DownBlock2D')
-    res //= 2 if level < len(m.ch_mult) - 1 else 1
-  up = [b.replace('Down', 'Up') for b in reversed(down)]
-  net = UNet2DModel(
-      sample_size=d.image_size, in_channels=d.channels, out_channels=d.channels,
-      block_out_channels=tuple(m.ch * k for k in m.ch_mult),
-      layers_per_block=m.num_res_blocks, down_block_types=tuple(down),
-      up_block_types=tuple(up), norm_num_groups=m.num_groups, norm_eps=1e-6,
-      attention_head_dim=None, dropout=m.dropout, act_fn='silu',
-      freq_shift=1, flip_sin_to_cos=False).eval()
+  net = torch_unet(config)
+  d = config.data
   out = {'params': sum(p.numel() for p in net.parameters())}
   betas = torch.tensor(training.betas_from_config(config), dtype=torch.float32)
   T = len(betas)

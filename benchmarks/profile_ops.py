@@ -4,8 +4,11 @@
 
 Traces the jitted network call (what every sampler step runs) and the jitted
 train step with jax.profiler, then sums the host-thread events of XLA's
-thunks by kind (convolution, fusion, dot, ...) and by op name. Prints the top
-ops with their share of the traced time.
+thunks by what they compute (convolution, dot, reduce, elementwise, layout
+copies) and by op name, and prints the top ops with their share of the traced
+time, next to the wall time per call. With torch and diffusers installed it
+also prints torch.profiler's view of bench.py's PyTorch reference. Convolutions that XLA runs with its own
+Eigen kernels emit no events; they are the gap between the two.
 """
 
 import collections
@@ -29,6 +32,7 @@ _BATCH = flags.DEFINE_integer('batch', 64, 'Batch.')
 _REPEAT = flags.DEFINE_integer('repeat', 5, 'Traced calls of each.')
 _TOP = flags.DEFINE_integer('top', 15, 'Ops to print.')
 _OUT = flags.DEFINE_string('out', None, 'JSON output path.')
+_TORCH = flags.DEFINE_bool('torch', True, 'Also profile the PyTorch reference if installed.')
 
 
 def hlo_op_table(hlo_text: str) -> dict[str, str]:
@@ -67,11 +71,24 @@ def hlo_op_table(hlo_text: str) -> dict[str, str]:
         table[name] = 'dot ' + shape
       elif ' reduce(' in text or ' reduce-window(' in text:
         table[name] = 'reduce ' + shape
-      elif opcode in ('fusion',):
+      elif opcode == 'fusion' and ('transpose' in name or 'copy' in name):
+        table[name] = 'layout-copy ' + shape  # transposes around convolutions
+      elif opcode == 'fusion':
         table[name] = 'elementwise ' + shape
       else:
         table[name] = f'{opcode} {shape}'
   return table
+
+
+def _wall_ms(fn, repeat):
+  import time
+  jax.block_until_ready(fn())  # compiled and warm
+  times = []
+  for _ in range(repeat):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return 1000 * float(np.median(times))
 
 
 def _events(fn, repeat):
@@ -118,6 +135,48 @@ def summarize(events, top, table):
           'top_ops': [(k, round(100 * v / total, 1)) for k, v in by_op.most_common(top)]}
 
 
+def groupnorm_ab(shape=(64, 28, 28, 64), groups=32, repeat=20):
+  """ms per call of nnx.GroupNorm and ddpm_jax's GroupNorm (+ SiLU), forward
+  and forward+backward, side by side."""
+  from flax import nnx
+  from ddpm_jax.model import GroupNorm
+  x = jax.random.normal(jax.random.key(0), shape)
+  out = {}
+  for name, cls in (('nnx.GroupNorm', nnx.GroupNorm), ('ddpm_jax GroupNorm', GroupNorm)):
+    g, st = nnx.split(cls(shape[-1], groups, epsilon=1e-6, rngs=nnx.Rngs(0)))
+    f = lambda x, st=st, g=g: jax.nn.silu(nnx.merge(g, st)(x))
+    fb = lambda x, f=f: jax.grad(lambda x: (f(x) * x).sum())(x)
+    out[name] = {k: _wall_ms(lambda fn=jax.jit(fn): fn(x), repeat)
+                 for k, fn in (('fwd_ms', f), ('fwd_bwd_ms', fb))}
+  return out
+
+
+def torch_profile(config, B, repeat, top):
+  """torch.profiler's self-time shares for the diffusers reference (bench.py's
+  model): a no-grad forward and a forward+backward."""
+  import torch
+  from torch.profiler import ProfilerActivity, profile
+  from torch_reference import torch_unet
+  net = torch_unet(config)
+  d = config.data
+  x = torch.randn(B, d.channels, d.image_size, d.image_size)
+  t = torch.full((B,), 500)
+
+  def shares(fn):
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+      for _ in range(repeat):
+        fn()
+    rows = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(v for _, v in rows) or 1
+    return [(k, round(100 * v / total, 1)) for k, v in sorted(rows, key=lambda r: -r[1])[:top]]
+  with torch.no_grad():
+    fwd = shares(lambda: net(x, t))
+  net.train()
+  train = shares(lambda: (net(x, t).sample ** 2).mean().backward())
+  return {'forward': fwd, 'forward_backward': train}
+
+
 def main(argv):
   del argv
   config = load_config_file(_CONFIG.value)
@@ -131,8 +190,10 @@ def main(argv):
   t = jnp.full((B,), 500, jnp.int32)
   fwd = jax.jit(setup.apply, compiler_options=compiler_options())
   table = hlo_op_table(fwd.lower(params, x, t).compile().as_text())
-  report = {'config': _CONFIG.value, 'batch': B, 'sampling_call': summarize(
-      _events(lambda: fwd(params, x, t), _REPEAT.value), _TOP.value, table)}
+  call = lambda: fwd(params, x, t)
+  report = {'config': _CONFIG.value, 'batch': B, 'compiler_options': compiler_options(),
+            'sampling_call': summarize(_events(call, _REPEAT.value), _TOP.value, table)}
+  report['sampling_call']['wall_ms'] = _wall_ms(call, _REPEAT.value)
 
   mesh = training.make_mesh()
   step = training.make_train_step(setup, mesh)
@@ -144,12 +205,27 @@ def main(argv):
     return m
   table = hlo_op_table(step.lower(st[0], batch).compile().as_text())
   report['train_step'] = summarize(_events(train, _REPEAT.value), _TOP.value, table)
+  report['train_step']['wall_ms'] = _wall_ms(train, _REPEAT.value)
   for name in ('sampling_call', 'train_step'):
     r = report[name]
-    print(f'\n{name}: {r["traced_ms"] / _REPEAT.value:.1f} ms of traced ops per call')
+    print(f'\n{name}: {r["wall_ms"]:.1f} ms wall per call; {r["traced_ms"] / _REPEAT.value:.1f} ms '
+          'of traced op time (summed over threads; XLA\'s own Eigen convolutions '
+          'are not traced)')
     print('  by kind: ' + ', '.join(f'{k} {v}%' for k, v in r['by_kind'].items()))
     for op, pct in r['top_ops']:
       print(f'  {pct:5.1f}%  {op}')
+  report['groupnorm_64x28x28x64'] = gn = groupnorm_ab()
+  print('\nGroupNorm + SiLU on 64x28x28x64 (ms, jitted, compiled outside the timing):')
+  for name, r in gn.items():
+    print(f'  {name:20s} forward {r["fwd_ms"]:.2f}  forward+backward {r["fwd_bwd_ms"]:.2f}')
+  if _TORCH.value:
+    try:
+      report['torch'] = tp = torch_profile(config, B, _REPEAT.value, 6)
+    except ImportError as e:
+      print(f'PyTorch profile skipped: {e}')
+    else:
+      for name, rows in tp.items():
+        print(f'\nPyTorch reference, {name}: ' + ', '.join(f'{k} {v}%' for k, v in rows))
   if _OUT.value:
     with open(_OUT.value, 'w') as f:
       json.dump(report, f, indent=1)
