@@ -73,7 +73,13 @@ def main(argv):
     features = inception.make_feature_fn(net)
     stats_path = _REF_STATS.value or os.path.join(
         eval_dir, f'fid_stats_{d.name.replace("/", "_")}_{d.image_size}.npz')
-    os.makedirs(os.path.dirname(os.path.abspath(stats_path)), exist_ok=True)
+    stats_dir = os.path.dirname(os.path.abspath(stats_path))
+    try:
+      os.makedirs(stats_dir, exist_ok=True)
+    except OSError as e:
+      raise UserError(f'cannot create {stats_dir} for the FID statistics: {e.strerror}') from None
+    if not os.path.exists(stats_path) and not os.access(stats_dir, os.W_OK):
+      raise UserError(f'{stats_dir} is not writable: cannot save the FID statistics there')
     ref_mu, ref_sigma = inception.reference_stats(d, features, stats_path, _REF_NUM.value)
   if mnist_like:
     model, held, _ = evaluation.mnist_classifier(eval_dir)

@@ -327,8 +327,11 @@ def dataset_batches(source, batch: int, image_size: int,
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, n: int) -> None:
   """pytorch-fid's .npz layout (mu, sigma), plus the image count."""
   tmp = path + '.tmp.npz'
-  np.savez(tmp, mu=mu, sigma=sigma, num_images=n)
-  os.replace(tmp, path)
+  try:
+    np.savez(tmp, mu=mu, sigma=sigma, num_images=n)
+    os.replace(tmp, path)
+  except OSError as e:
+    raise UserError(f'cannot write FID statistics {path}: {e.strerror}') from None
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:

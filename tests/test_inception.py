@@ -164,3 +164,11 @@ def test_streaming_stats_match_numpy(tmp_path):
   mu2, sigma2 = inc.load_stats(str(tmp_path / 's.npz'))
   np.testing.assert_array_equal(mu2, mu)
   np.testing.assert_array_equal(sigma2, sigma)
+
+
+def test_stats_files_errors_are_one_clear_line(tmp_path):
+  with pytest.raises(UserError, match='cannot write FID statistics'):
+    inc.save_stats(str(tmp_path / 'missing_dir' / 's.npz'), np.zeros(2), np.eye(2), 2)
+  (tmp_path / 'bad.npz').write_text('not an npz')
+  with pytest.raises(UserError, match='cannot read FID statistics'):
+    inc.load_stats(str(tmp_path / 'bad.npz'))
