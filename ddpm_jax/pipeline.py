@@ -48,6 +48,31 @@ def strength_to_start(strength: float, num_steps: int) -> int:
   return int(round(strength * num_steps)) - 1
 
 
+def sampler_from_config(config, name: str | None = None,
+                        num_steps: int | None = None, **kwargs
+                        ) -> samplers_lib.Sampler:
+  """The sampler named (default: config.sampling.sampler), with the config's
+  step count, variance, clipping and spacing unless given."""
+  s = config.sampling
+  name = name or s.sampler
+  T = config.diffusion.num_timesteps
+  num_steps = num_steps or s.num_steps or None
+  if num_steps is not None and not 1 <= num_steps <= T:
+    raise UserError(f'number of steps must be in [1, {T}], got {num_steps}')
+  if name == 'ddpm':
+    kwargs.setdefault('var_type', s.var_type)
+  kwargs.setdefault('clip_x0', s.clip_x0)
+  kwargs.setdefault('spacing', s.spacing)
+  if name not in samplers_lib.SAMPLERS:
+    raise UserError(f'unknown sampler {name!r}; choose one of '
+                    f'{sorted(samplers_lib.SAMPLERS)}')
+  try:
+    return samplers_lib.make_sampler(name, betas_from_config(config),
+                                     num_steps, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise UserError(f'bad sampler options for {name}: {e}') from None
+
+
 def make_sample_fn(apply: Callable, sampler: samplers_lib.Sampler,
                    shape: tuple[int, ...], mesh: Mesh | None = None,
                    capture_every: int = 0, *, null_label: int = 0,
@@ -113,24 +138,7 @@ class Pipeline:
 
   def sampler(self, name: str | None = None, num_steps: int | None = None,
               **kwargs) -> samplers_lib.Sampler:
-    s = self.config.sampling
-    name = name or s.sampler
-    T = self.config.diffusion.num_timesteps
-    num_steps = num_steps or s.num_steps or None
-    if num_steps is not None and not 1 <= num_steps <= T:
-      raise UserError(f'number of steps must be in [1, {T}], got {num_steps}')
-    if name == 'ddpm':
-      kwargs.setdefault('var_type', s.var_type)
-    kwargs.setdefault('clip_x0', s.clip_x0)
-    kwargs.setdefault('spacing', s.spacing)
-    if name not in samplers_lib.SAMPLERS:
-      raise UserError(f'unknown sampler {name!r}; choose one of '
-                      f'{sorted(samplers_lib.SAMPLERS)}')
-    try:
-      return samplers_lib.make_sampler(name, betas_from_config(self.config),
-                                       num_steps, **kwargs)
-    except (TypeError, ValueError) as e:
-      raise UserError(f'bad sampler options for {name}: {e}') from None
+    return sampler_from_config(self.config, name, num_steps, **kwargs)
 
   def _labels(self, labels, num: int) -> np.ndarray | None:
     if labels is None:

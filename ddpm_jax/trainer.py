@@ -18,10 +18,9 @@ from ddpm_jax import checkpoint as ckpt_lib
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax import images as images_lib
-from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import training
 from ddpm_jax.errors import UserError
-from ddpm_jax.pipeline import make_sample_fn
+from ddpm_jax.pipeline import make_sample_fn, sampler_from_config
 
 
 class TrainingError(UserError):
@@ -159,10 +158,7 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
           progress, preempt: Preemption) -> dict:
   t_cfg = config.training
   train_step = training.make_train_step(setup, mesh)
-  sampler = samplers_lib.make_sampler(
-      config.sampling.sampler, training.betas_from_config(config),
-      config.sampling.num_steps or None, var_type=config.sampling.var_type,
-      clip_x0=config.sampling.clip_x0, spacing=config.sampling.spacing)
+  sampler = sampler_from_config(config)
   d = config.data
   grid_fn = make_sample_fn(
       setup.apply, sampler,

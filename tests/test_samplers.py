@@ -4,8 +4,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ddpm_jax import diffusion, samplers, schedules
+from ddpm_jax.errors import UserError
 from ddpm_jax.pipeline import make_sample_fn
 from ddpm_jax.training import init_model_and_state, make_mesh
 
@@ -166,3 +168,16 @@ def test_unknown_sampler_and_too_many_steps():
     samplers.make_sampler('euler', LINEAR)
   with pytest.raises(ValueError, match=r'\[1, 1000\]'):
     samplers.make_sampler('ddim', LINEAR, 1001)
+
+
+@pytest.mark.parametrize('name', ['ddpm', 'ddim', 'dpm++2m'])
+def test_sampler_from_config_builds_every_configured_sampler(tiny_config, name):
+  """The trainer's grid sampler comes from the config: any sampler name works
+  (DDPM-only options such as var_type are passed to DDPM alone)."""
+  from ddpm_jax.pipeline import sampler_from_config
+  tiny_config.sampling.sampler = name
+  tiny_config.sampling.num_steps = 5
+  s = sampler_from_config(tiny_config)
+  assert s.num_steps == 5
+  with pytest.raises(UserError, match='number of steps'):
+    sampler_from_config(tiny_config, num_steps=10 ** 6)
