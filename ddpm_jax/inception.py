@@ -223,6 +223,13 @@ def export_state_dict(model: InceptionV3) -> dict[str, np.ndarray]:
           for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
+def state_dict_shapes() -> dict[str, tuple[int, ...]]:
+  """pytorch-fid key → torch-layout shape, without building the weights."""
+  abstract = _abstract_model()
+  return {_torch_key(p): _to_torch(p, np.empty(v.get_value().shape, np.uint8)).shape
+          for p, v in nnx.to_flat_state(nnx.state(abstract))}
+
+
 def _read_weights(path: str) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise UserError(f'Inception weights file {path} does not exist; see '
@@ -270,9 +277,13 @@ def load_state_dict(model: InceptionV3, weights: dict[str, np.ndarray],
   return model
 
 
+def _abstract_model() -> InceptionV3:
+  """The module with shapes only: random init of 94 convs would cost ~15 s."""
+  return nnx.eval_shape(lambda: InceptionV3(rngs=nnx.Rngs(0)))
+
+
 def load_fid_inception(path: str) -> InceptionV3:
-  model = InceptionV3(rngs=nnx.Rngs(0))
-  return load_state_dict(model, _read_weights(path), source=path)
+  return load_state_dict(_abstract_model(), _read_weights(path), source=path)
 
 
 def make_feature_fn(model: InceptionV3, size: int = FID_INPUT_SIZE
@@ -369,7 +380,7 @@ def main(argv):
   if not src or not out:
     raise UserError('usage: python -m ddpm_jax.inception --convert FILE.pth --out FILE.npz')
   weights = _read_weights(src)
-  load_state_dict(InceptionV3(rngs=nnx.Rngs(0)), weights, source=src)  # validates
+  load_state_dict(_abstract_model(), weights, source=src)  # validates
   tmp = out + '.tmp.npz'
   try:
     np.savez(tmp, **weights)

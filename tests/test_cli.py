@@ -146,10 +146,16 @@ def test_evaluate_inception_fid(trained, tmp_path):
   """The Inception path end to end, on generated pytorch-fid-layout weights."""
   import json
   import numpy as np
-  from flax import nnx
   from ddpm_jax import inception
   weights = tmp_path / 'fid_inception.npz'
-  np.savez(weights, **inception.export_state_dict(inception.InceptionV3(rngs=nnx.Rngs(0))))
+  rng = np.random.default_rng(0)
+
+  def array(key, shape):  # He-scaled convs, identity BatchNorm: features stay O(1)
+    if key.endswith('conv.weight'):
+      return rng.normal(0, np.sqrt(2 / np.prod(shape[1:])), shape)
+    return np.ones(shape) if key.endswith(('running_var', 'bn.weight')) else np.zeros(shape)
+  np.savez(weights, **{k: array(k, v).astype(np.float32)
+                       for k, v in inception.state_dict_shapes().items()})
   stats = tmp_path / 'stats.npz'
   # 4 samples and 4 reference images: one batch shape, one Inception compile
   r = subprocess.run([sys.executable, '-m', 'ddpm_jax.evaluate', f'--workdir={trained}',
