@@ -24,3 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config():
   from ddpm_jax.config import load_config_file
   return load_config_file(os.path.join(REPO, 'configs', 'tiny.py'))
+
+
+def pytest_collection_modifyitems(config, items):
+  """The pre-emption soak first: with two workers it then overlaps the rest."""
+  items.sort(key=lambda item: 'test_soak' not in item.nodeid)
