@@ -30,7 +30,7 @@ import numpy as np
 from ddpm_jax import cli, data as data_lib, samplers, training, xla_options
 from ddpm_jax.config import load_config_file, validate
 from ddpm_jax.pipeline import make_sample_fn
-from torch_reference import torch_unet
+from common import torch_unet, write_report
 
 _CONFIG = flags.DEFINE_string('config', 'configs/mnist.py', 'Config file.')
 _BATCH = flags.DEFINE_integer('batch', 64, 'Images per sampling call and train batch.')
@@ -227,10 +227,7 @@ def main(argv):
             'sample_speedup_options_over_defaults', 'train_speedup_options_over_defaults'):
     if k in report:
       print(f'{k}: {report[k]:.3f}')
-  if _OUT.value:
-    with open(_OUT.value, 'w') as f:
-      json.dump(report, f, indent=1)
-    print(f'wrote {_OUT.value}')
+  write_report(_OUT.value, report)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ Eigen kernels emit no events; they are the gap between the two.
 
 import collections
 import glob
-import json
 import os
 import re
 import tempfile
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import write_report
 from ddpm_jax import cli, data as data_lib, training
 from ddpm_jax.config import load_config_file, validate
 from ddpm_jax.xla_options import compiler_options
@@ -156,7 +156,7 @@ def torch_profile(config, B, repeat, top):
   model): a no-grad forward and a forward+backward."""
   import torch
   from torch.profiler import ProfilerActivity, profile
-  from torch_reference import torch_unet
+  from common import torch_unet
   net = torch_unet(config)
   d = config.data
   x = torch.randn(B, d.channels, d.image_size, d.image_size)
@@ -226,10 +226,7 @@ def main(argv):
     else:
       for name, rows in tp.items():
         print(f'\nPyTorch reference, {name}: ' + ', '.join(f'{k} {v}%' for k, v in rows))
-  if _OUT.value:
-    with open(_OUT.value, 'w') as f:
-      json.dump(report, f, indent=1)
-    print(f'wrote {_OUT.value}')
+  write_report(_OUT.value, report)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
-"""The PyTorch reference UNet shared by bench.py and profile_ops.py."""
+"""Shared by bench.py and profile_ops.py: the PyTorch reference UNet and the
+JSON report writer."""
 
+import json
 import os
 
 
@@ -22,3 +24,11 @@ def torch_unet(config):
       up_block_types=tuple(up), norm_num_groups=m.num_groups, norm_eps=1e-6,
       attention_head_dim=None, dropout=m.dropout, act_fn='silu',
       freq_shift=1, flip_sin_to_cos=False).eval()
+
+
+def write_report(path: str | None, report: dict) -> None:
+  """Writes the report as JSON when a path is given."""
+  if path:
+    with open(path, 'w') as f:
+      json.dump(report, f, indent=1)
+    print(f'wrote {path}')
