@@ -54,6 +54,7 @@ def main(argv):
   from ddpm_jax import evaluation, inception
   from ddpm_jax.data import to_uint8
   from ddpm_jax.errors import UserError
+  from ddpm_jax.files import atomic_write
   from ddpm_jax.pipeline import load
   if _NUM.value < 2 or _BATCH.value <= 0:
     raise UserError('--num must be at least 2 and --batch positive')
@@ -117,9 +118,7 @@ def main(argv):
                 steps=_STEPS.value or pipe.config.diffusion.num_timesteps,
                 sampling_seconds=sampling_seconds)
   path = os.path.join(_WORKDIR.value, f'eval_{pipe.step}.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(result, f, indent=1)
-  os.replace(path + '.tmp', path)
+  atomic_write(path, lambda f: f.write(json.dumps(result, indent=1).encode()))
   print(json.dumps(result))
   print(f'wrote {path}')
 

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from ddpm_jax import data as data_lib
+from ddpm_jax.files import atomic_write
 from ddpm_jax.xla_options import compiler_options
 
 
@@ -97,9 +98,8 @@ def train_classifier(images_BHWC: np.ndarray, labels: np.ndarray,
 def save_classifier(model: LeNet, path: str) -> None:
   flat = {'/'.join(map(str, k)): np.asarray(v) for k, v in
           nnx.to_flat_state(nnx.state(model, nnx.Param))}
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **{k.replace('/value', ''): v for k, v in flat.items()})
-  os.replace(tmp, path)
+  atomic_write(path, lambda f: np.savez(
+      f, **{k.replace('/value', ''): v for k, v in flat.items()}))
 
 
 def load_classifier(path: str) -> LeNet:

@@ -10,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ddpm_jax import images as images_lib
 from ddpm_jax.errors import UserError
+from ddpm_jax.files import atomic_write
 from ddpm_jax.pipeline import load
 
 
@@ -94,9 +95,7 @@ def generate(workdir: str, *, out: str = 'samples.png', num: int = 64,
   if labels is not None and num % len(labels) == 0 and len(labels) > 1:
     nrow = num // len(labels)  # one row per requested label
   images_lib.save_grid(x, out, nrow=nrow)
-  tmp = stem + '.tmp.npy'
-  np.save(tmp, x)
-  os.replace(tmp, paths['npy'])
+  atomic_write(paths['npy'], lambda f: np.save(f, x))
   if gif:
     paths['gif'] = stem + '.gif'
     images_lib.save_gif(frames, paths['gif'], nrow=nrow)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ddpm_jax.data import to_uint8
+from ddpm_jax.files import atomic_write
 
 
 def make_grid(x_BHWC, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -46,13 +47,5 @@ def save_gif(frames_FBHWC, path: str, nrow: int | None = None, scale: int = 2,
 
 
 def _atomic_save(img: Image.Image, path: str, fmt: str, **kw) -> None:
-  """Writes to a temporary file first so a failure never leaves half a file."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  tmp = os.path.join(d, f'.{os.path.basename(path)}.tmp')
-  try:
-    img.save(tmp, format=fmt, **kw)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  atomic_write(path, lambda f: img.save(f, format=fmt, **kw))

@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from ddpm_jax.errors import UserError
+from ddpm_jax.files import atomic_write
 
 FID_INPUT_SIZE = 299
 FID_CLASSES = 1008  # the FID graph's fc; torchvision's ImageNet weights have 1000
@@ -209,12 +210,21 @@ def _torch_key(path: tuple) -> str:
   return '.'.join([*mods, 'bn', inv[leaf]])
 
 
+def _is_conv(path: tuple) -> bool:
+  return str(path[-2]) == 'conv'
+
+
+def _torch_shape(path: tuple, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """HWIO → OIHW for conv kernels; BatchNorm vectors are unchanged."""
+  return (shape[3], shape[2], shape[0], shape[1]) if _is_conv(path) else tuple(shape)
+
+
 def _to_torch(path: tuple, value: np.ndarray) -> np.ndarray:
-  return value.transpose(3, 2, 0, 1) if str(path[-2]) == 'conv' else value
+  return value.transpose(3, 2, 0, 1) if _is_conv(path) else value
 
 
 def _from_torch(path: tuple, value: np.ndarray) -> np.ndarray:
-  return value.transpose(2, 3, 1, 0) if str(path[-2]) == 'conv' else value
+  return value.transpose(2, 3, 1, 0) if _is_conv(path) else value
 
 
 def export_state_dict(model: InceptionV3) -> dict[str, np.ndarray]:
@@ -226,7 +236,7 @@ def export_state_dict(model: InceptionV3) -> dict[str, np.ndarray]:
 def state_dict_shapes() -> dict[str, tuple[int, ...]]:
   """pytorch-fid key → torch-layout shape, without building the weights."""
   abstract = _abstract_model()
-  return {_torch_key(p): _to_torch(p, np.empty(v.get_value().shape, np.uint8)).shape
+  return {_torch_key(p): _torch_shape(p, v.get_value().shape)
           for p, v in nnx.to_flat_state(nnx.state(abstract))}
 
 
@@ -271,7 +281,7 @@ def load_state_dict(model: InceptionV3, weights: dict[str, np.ndarray],
     arr = _from_torch(p, np.asarray(weights[key], np.float32))
     if arr.shape != v.get_value().shape:
       raise UserError(f'{source}: {key} has shape {np.shape(weights[key])}, the '
-                      f'FID Inception expects {_to_torch(p, np.zeros(v.get_value().shape)).shape}')
+                      f'FID Inception expects {_torch_shape(p, v.get_value().shape)}')
     flat.append((p, jnp.asarray(arr)))
   nnx.update(model, nnx.from_flat_state(flat))
   return model
@@ -337,10 +347,8 @@ def dataset_batches(source, batch: int, image_size: int,
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, n: int) -> None:
   """pytorch-fid's .npz layout (mu, sigma), plus the image count."""
-  tmp = path + '.tmp.npz'
   try:
-    np.savez(tmp, mu=mu, sigma=sigma, num_images=n)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma, num_images=n))
   except OSError as e:
     raise UserError(f'cannot write FID statistics {path}: {e.strerror}') from None
 
@@ -381,10 +389,8 @@ def main(argv):
     raise UserError('usage: python -m ddpm_jax.inception --convert FILE.pth --out FILE.npz')
   weights = _read_weights(src)
   load_state_dict(_abstract_model(), weights, source=src)  # validates
-  tmp = out + '.tmp.npz'
   try:
-    np.savez(tmp, **weights)
-    os.replace(tmp, out)
+    atomic_write(out, lambda f: np.savez(f, **weights))
   except OSError as e:
     raise UserError(f'cannot write {out}: {e.strerror}') from None
   print(f'wrote {out} ({len(weights)} arrays)')
