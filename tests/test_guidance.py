@@ -117,7 +117,10 @@ def test_trained_conditional_model_draws_the_requested_class(cond_config):
   step = training.make_train_step(setup, mesh)
   batches = data_lib.Batches(data_lib.ArraySource(images, labels), 32, seed=0)
   for i in range(300):
-    state, _ = step(state, training.shard_batch(batches.batch(i), mesh))
+    state, metrics = step(state, training.shard_batch(batches.batch(i), mesh))
+    # Wait for each step, as the trainer does (metrics fetched one step late):
+    # 300 steps queued at once on 4 fake CPU devices aborted XLA twice here.
+    jax.block_until_ready(metrics)
 
   # Classifier on real 8x8 images, the same preprocessing as training.
   x_real = np.asarray(data_lib.preprocess(jnp.asarray(images), 8, False, None)).reshape(len(images), -1)
