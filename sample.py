@@ -1,58 +1,7 @@
-"""Samples from a trained checkpoint.
+"""Samples from a trained checkpoint: `python sample.py --help`. The command is
+ddpm_jax/cli/sample.py."""
 
-  python sample.py --workdir DIR [--checkpoint STEP] --num 64 --seed 0 \
-      --out samples.png [--gif] [--raw]
-  # faster samplers:   --sampler ddim --steps 50 [--eta 0]   |  --sampler dpm++2m --steps 20
-  # class guidance:    --label 7 (or --label 0,1,2) --guidance-scale 3
-  # img2img (SDEdit):  --init-image in.png --strength 0.5
-  # inpainting:        --init-image in.png --mask mask.png   (white = regenerate)
-
-Writes a PNG grid, a .npy of the raw samples in [-1, 1] and, with --gif, an
-animation of the reverse process. Uses the EMA weights unless --raw.
-"""
-
-from absl import flags
-
-from ddpm_jax import cli
-
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir.', required=True)
-_CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Step (default: latest).')
-_NUM = flags.DEFINE_integer('num', 64, 'Number of images.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed; same seed, same images.')
-_OUT = flags.DEFINE_string('out', 'samples.png', 'PNG grid path.')
-_GIF = flags.DEFINE_bool('gif', False, 'Also write an animation of the reverse process.')
-_RAW = flags.DEFINE_bool('raw', False, 'Use the raw weights instead of the EMA.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m'],
-                             "Sampler (default: the config's, ddpm).")
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: all T).')
-_ETA = flags.DEFINE_float('eta', None, 'DDIM eta: 0 deterministic, 1 DDPM-like.')
-_CLIP = flags.DEFINE_bool('clip', None, 'Clip the predicted x0 to [-1, 1] (default: on).')
-_SPACING = flags.DEFINE_enum('spacing', None, ['uniform', 'leading', 'trailing'],
-                             'Timestep spacing of a respaced grid.')
-_LABEL = flags.DEFINE_list('label', None, 'Class label(s), e.g. 7 or 0,1,2.')
-_GUIDANCE = flags.DEFINE_float('guidance-scale', None,
-                               'Classifier-free guidance weight w.')
-_INIT = flags.DEFINE_string('init-image', None, 'Input image for img2img or inpainting.')
-_STRENGTH = flags.DEFINE_float('strength', None, 'img2img strength in [0, 1].')
-_MASK = flags.DEFINE_string('mask', None, 'Inpainting mask (white = regenerate).')
-_JUMPS = flags.DEFINE_integer('jumps', 0, 'Inpainting: RePaint resamplings per '
-                              '10-step block (ddpm or ddim).')
-
-
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  from ddpm_jax.generate import generate, parse_labels
-  paths = generate(
-      _WORKDIR.value, out=_OUT.value, num=_NUM.value, seed=_SEED.value,
-      checkpoint=_CHECKPOINT.value, use_ema=not _RAW.value, gif=_GIF.value,
-      sampler=_SAMPLER.value, num_steps=_STEPS.value, eta=_ETA.value,
-      clip_x0=_CLIP.value, spacing=_SPACING.value,
-      labels=parse_labels(_LABEL.value), guidance_scale=_GUIDANCE.value,
-      init_image=_INIT.value, strength=_STRENGTH.value, mask=_MASK.value,
-      jumps=_JUMPS.value)
-  print('wrote ' + ', '.join(paths.values()))
-
+from ddpm_jax.cli import sample
 
 if __name__ == '__main__':
-  cli.run(main)
+  sample.run()

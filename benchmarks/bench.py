@@ -17,7 +17,6 @@ Reports, in one invocation on one machine:
 Prints a table and writes JSON (--out).
 """
 
-import json
 import os
 import platform
 import time
@@ -27,9 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import cli, data as data_lib, samplers, training, xla_options
-from ddpm_jax.config import load_config_file, validate
-from ddpm_jax.pipeline import make_sample_fn
+from ddpm_jax import data as data_lib, samplers, sharding, xla_options
+from ddpm_jax.cli import common as cli
+from ddpm_jax.train import step as step_lib
+from ddpm_jax.config import betas_from_config, load_config_file, validate
+from ddpm_jax.samplers import make_sample_fn
 from common import torch_unet, write_report
 
 _CONFIG = flags.DEFINE_string('config', 'configs/mnist.py', 'Config file.')
@@ -59,12 +60,12 @@ def matmul_ceiling_gflops(n=2048):
 
 def jax_side(config, B, steps):
   out = {}
-  setup, state = training.init_model_and_state(config)
+  setup, state = step_lib.init_train_state(config)
   params = jax.tree.map(lambda p: p + 0.01, state.ema_params)
-  mesh = training.make_mesh()
+  mesh = sharding.make_mesh()
   d = config.data
   shape = (B, d.image_size, d.image_size, d.channels)
-  betas = training.betas_from_config(config)
+  betas = betas_from_config(config)
   out['params'] = setup.num_params
 
   # FLOPs of one network call (a scan's cost analysis counts its body once).
@@ -86,16 +87,16 @@ def jax_side(config, B, steps):
       out['sample_gflops'] = flops_call * steps / secs / 1e9
 
   config.training.batch_size = B
-  mesh = training.make_mesh()
-  step = training.make_train_step(setup, mesh)
-  st = training.replicate(state, mesh)
+  mesh = sharding.make_mesh()
+  step = step_lib.make_train_step(setup, mesh)
+  st = sharding.replicate(state, mesh)
   src = data_lib.load_embedded_mnist() if d.name == data_lib.EMBEDDED else None
   if src is None:
     images = np.zeros((B, d.image_size, d.image_size, d.channels), np.uint8)
     batch = {'image': images, 'label': np.zeros(B, np.int32)}
   else:
     batch = data_lib.Batches(src, B, 0).batch(0)
-  gb = training.shard_batch(batch, mesh)
+  gb = sharding.shard_batch(batch, mesh)
   st, m = step(st, gb)
   jax.block_until_ready(m)
   t = time.perf_counter()
@@ -113,7 +114,7 @@ def torch_side(config, B, steps):
   net = torch_unet(config)
   d = config.data
   out = {'params': sum(p.numel() for p in net.parameters())}
-  betas = torch.tensor(training.betas_from_config(config), dtype=torch.float32)
+  betas = torch.tensor(betas_from_config(config), dtype=torch.float32)
   T = len(betas)
   ts = np.round(np.linspace(0, T - 1, steps)).astype(int)
   ab = torch.cumprod(1 - betas, 0)
@@ -163,8 +164,7 @@ def torch_side(config, B, steps):
   return out
 
 
-def main(argv):
-  del argv
+def main():
   config = load_config_file(_CONFIG.value)
   if _DTYPE.value:
     config.model.dtype = _DTYPE.value
@@ -185,9 +185,6 @@ def main(argv):
     jd['pct_of_ceiling'] = 100 * jd['sample_gflops'] / report['matmul_ceiling_gflops']
     report['sample_speedup_options_over_defaults'] = j['image_steps_per_s'] / jd['image_steps_per_s']
     report['train_speedup_options_over_defaults'] = j['train_steps_per_s'] / jd['train_steps_per_s']
-  if _OUT.value:  # before anything else can fail
-    with open(_OUT.value, 'w') as f:
-      json.dump(report, f, indent=1)
   rows = [('params', j['params'])]
   rows += [(f'compile s ({k[10:]}-step scan)', v) for k, v in sorted(j.items())
            if k.startswith('compile_s_')]

@@ -23,7 +23,7 @@ _SIZE = flags.DEFINE_integer('size', 32, 'Input size (resized to 299 by both).')
 
 def random_weights(seed=0):
   from flax import nnx
-  from ddpm_jax import inception
+  from ddpm_jax.metrics import inception
   rng = np.random.default_rng(seed)
   sd = inception.export_state_dict(inception.InceptionV3(rngs=nnx.Rngs(seed)))
   for k, v in sd.items():  # make the BatchNorm do something
@@ -47,7 +47,7 @@ def main(argv):
   sys.modules.setdefault('torchvision._meta_registrations', types.ModuleType('stub'))
   import torch
   from pytorch_fid import inception as pf
-  from ddpm_jax import inception
+  from ddpm_jax.metrics import inception
 
   sd = random_weights()
   pf.load_state_dict_from_url = lambda *a, **k: {k2: torch.from_numpy(v) for k2, v in sd.items()}

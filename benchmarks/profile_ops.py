@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import write_report
-from ddpm_jax import cli, data as data_lib, training
+from ddpm_jax import data as data_lib, sharding
+from ddpm_jax.cli import common as cli
+from ddpm_jax.train import step as step_lib
 from ddpm_jax.config import load_config_file, validate
 from ddpm_jax.xla_options import compiler_options
 
@@ -139,7 +141,7 @@ def groupnorm_ab(shape=(64, 28, 28, 64), groups=32, repeat=20):
   """ms per call of nnx.GroupNorm and ddpm_jax's GroupNorm (+ SiLU), forward
   and forward+backward, side by side."""
   from flax import nnx
-  from ddpm_jax.model import GroupNorm
+  from ddpm_jax.models.unet import GroupNorm
   x = jax.random.normal(jax.random.key(0), shape)
   out = {}
   for name, cls in (('nnx.GroupNorm', nnx.GroupNorm), ('ddpm_jax GroupNorm', GroupNorm)):
@@ -177,13 +179,12 @@ def torch_profile(config, B, repeat, top):
   return {'forward': fwd, 'forward_backward': train}
 
 
-def main(argv):
-  del argv
+def main():
   config = load_config_file(_CONFIG.value)
   config.training.batch_size = _BATCH.value
   validate(config)
   B, d = _BATCH.value, config.data
-  setup, state = training.init_model_and_state(config)
+  setup, state = step_lib.init_train_state(config)
   params = jax.tree.map(lambda p: p + 0.01, state.ema_params)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(B, d.image_size, d.image_size, d.channels)),
                   jnp.float32)
@@ -195,10 +196,10 @@ def main(argv):
             'sampling_call': summarize(_events(call, _REPEAT.value), _TOP.value, table)}
   report['sampling_call']['wall_ms'] = _wall_ms(call, _REPEAT.value)
 
-  mesh = training.make_mesh()
-  step = training.make_train_step(setup, mesh)
-  st = [training.replicate(state, mesh)]
-  batch = training.shard_batch(data_lib.Batches(data_lib.load_embedded_mnist(), B, 0).batch(0), mesh)
+  mesh = sharding.make_mesh()
+  step = step_lib.make_train_step(setup, mesh)
+  st = [sharding.replicate(state, mesh)]
+  batch = sharding.shard_batch(data_lib.Batches(data_lib.load_embedded_mnist(), B, 0).batch(0), mesh)
 
   def train():
     st[0], m = step(st[0], batch)

@@ -17,7 +17,8 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from ddpm_jax import cli, data as data_lib, images as images_lib
+from ddpm_jax import data as data_lib, images as images_lib
+from ddpm_jax.cli import common as cli
 from ddpm_jax.pipeline import load
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/mnist', 'Unconditional workdir.')
@@ -35,8 +36,7 @@ def _timed(fn):
   return out, time.perf_counter() - t
 
 
-def main(argv):
-  del argv
+def main():
   os.makedirs(_OUT.value, exist_ok=True)
   report = {'machine': f'{platform.processor() or platform.machine()}, '
                        f'{os.cpu_count()} cores, {jax.devices()[0].platform}',

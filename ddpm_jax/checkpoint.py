@@ -1,35 +1,33 @@
 """Every Orbax call of the project: save, list and restore checkpoints.
 
-A checkpoint at step s holds the whole train state (params, EMA params,
-optimizer state, step, RNG key data) and a JSON item with the config and the
-data-iterator position, so a checkpoint alone rebuilds the model.
+A checkpoint at step s has two items:
+- `state`: a dict of arrays {step, params, ema_params, opt_state, rng};
+- `meta`: JSON with the whole config and the step, so a checkpoint alone
+  rebuilds the model.
+
+Training restores the whole state; inference restores one parameter tree
+(`restore_params`, an Orbax partial restore) and never reads the optimizer.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ddpm_jax.config import model_signature
 from ddpm_jax.errors import UserError
-from ddpm_jax.training import TrainState
+
+# What Orbax and TensorStore raise for a checkpoint that is truncated, has the
+# wrong shapes or is missing files; anything else is a bug and keeps its
+# traceback.
+_READ_ERRORS = (ValueError, KeyError, OSError, TypeError)
 
 
 class CheckpointError(UserError):
   """A missing, unreadable or mismatched checkpoint; one line for the user."""
-
-
-def _to_saveable(state: TrainState) -> dict:
-  return {'step': state.step, 'params': state.params,
-          'ema_params': state.ema_params, 'opt_state': state.opt_state,
-          'rng': jax.random.key_data(state.rng)}
 
 
 class Checkpointer:
@@ -42,10 +40,11 @@ class Checkpointer:
                             f'{self.directory} directory)')
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=True)
+        enable_async_checkpointing=not read_only)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_names=('state', 'meta'))
+        item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -53,32 +52,30 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, state: TrainState, config, data_step: int,
-           force: bool = True) -> None:
-    step = int(jax.device_get(state.step))
-    meta = {'config': json.loads(config.to_json()), 'data_step': data_step,
-            'step': step}
+  def save(self, step: int, state: dict[str, Any], meta: dict) -> None:
+    """Starts an asynchronous save of `state` (a dict of arrays) and `meta`."""
     try:
       self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_to_saveable(state)),
-          meta=ocp.args.JsonSave(meta)), force=force)
-    except Exception as e:  # full disk, lost permissions, ...
+          state=ocp.args.PyTreeSave(state),
+          meta=ocp.args.JsonSave({**meta, 'step': step})), force=True)
+    except OSError as e:  # full disk, lost permissions, ...
       raise CheckpointError(f'saving checkpoint {step} in {self.directory} '
                             f'failed: {_short(e)}; earlier checkpoints are '
-                            'intact') from None
+                            'intact') from e
 
   def wait(self) -> None:
     try:
       self.manager.wait_until_finished()
-    except Exception as e:  # an asynchronous write that failed
+    except OSError as e:  # an asynchronous write that failed
       raise CheckpointError(f'writing a checkpoint in {self.directory} '
                             f'failed: {_short(e)}; earlier checkpoints are '
-                            'intact') from None
+                            'intact') from e
 
   def close(self) -> None:
     self.manager.close()
 
-  def _resolve(self, step: int | None) -> int:
+  def resolve(self, step: int | None) -> int:
+    """`step`, or the latest when None; raises if there is no such step."""
     steps = self.all_steps()
     if not steps:
       raise CheckpointError(f'no checkpoint found in {self.directory}')
@@ -90,61 +87,78 @@ class Checkpointer:
     return step
 
   def read_meta(self, step: int | None = None) -> tuple[int, dict]:
-    step = self._resolve(step)
+    step = self.resolve(step)
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore())).meta
-    except Exception as e:
+    except _READ_ERRORS as e:
       raise CheckpointError(f'checkpoint {step} in {self.directory} is '
-                            f'unreadable: {_short(e)}') from None
+                            f'unreadable: {_short(e)}') from e
     if not isinstance(meta, dict) or 'config' not in meta:
       raise CheckpointError(f'checkpoint {step} in {self.directory} has no '
                             'config metadata')
     return step, meta
 
-  def restore(self, step: int, target: TrainState, mesh: Mesh) -> TrainState:
-    """Restores into `target`'s structure, replicated over `mesh`."""
-    replicated = NamedSharding(mesh, P())
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(_to_saveable, target))
+  def restore(self, step: int, target: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+    """The whole state, shaped like `target` (arrays or shape structs),
+    replicated over `mesh`."""
+    return self._restore(step, _replicated_abstract(target, mesh))
+
+  def restore_params(self, step: int, name: str, target: Any, mesh: Mesh) -> Any:
+    """Only `state[name]` (e.g. 'ema_params'), shaped like `target`: a
+    partial restore that reads no other array of the checkpoint."""
+    abstract = {name: _replicated_abstract(target, mesh)}
+    return self._restore(step, abstract, partial=True)[name]
+
+  def _check_shapes(self, step: int, abstract: Any) -> None:
+    """Compares the stored shapes with the model's before reading any array:
+    a restore that fails half-way leaves Orbax's threads printing tracebacks."""
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract))).state
-    except Exception as e:
+      stored = _shapes(self.manager.item_metadata(step)['state'].tree)
+    except _READ_ERRORS as e:
+      raise CheckpointError(f'checkpoint {step} in {self.directory} is '
+                            f'unreadable: {_short(e)}') from e
+    for path, shape in _shapes(abstract).items():
+      if path not in stored:
+        raise CheckpointError(f'checkpoint {step} in {self.directory} does not '
+                              f'match the model: it has no array {path}')
+      if stored[path] != shape:
+        raise CheckpointError(f'checkpoint {step} in {self.directory} does not '
+                              f'match the model: {path} is {stored[path]} there, '
+                              f'the model needs {shape}')
+
+  def _restore(self, step: int, abstract: Any, partial: bool = False) -> dict[str, Any]:
+    self._check_shapes(step, abstract)
+    args = ocp.args.PyTreeRestore(
+        item=abstract, partial_restore=partial,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(state=args)).state
+    except _READ_ERRORS as e:
       raise CheckpointError(f'checkpoint {step} in {self.directory} is '
                             f'unreadable or does not match the model: '
-                            f'{_short(e)}') from None
-    return TrainState(step=restored['step'], params=restored['params'],
-                      ema_params=restored['ema_params'],
-                      opt_state=restored['opt_state'],
-                      rng=jax.random.wrap_key_data(restored['rng']))
+                            f'{_short(e)}') from e
 
 
-def _short(e: Exception) -> str:
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'a/b/0/c' → shape, for every array of a tree (dicts, lists, tuples,
+  namedtuples and their stored forms name their children alike)."""
+  def name(k):
+    for attr in ('key', 'idx', 'name'):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {'/'.join(name(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _replicated_abstract(target: Any, mesh: Mesh) -> Any:
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      target)
+
+
+def _short(e: BaseException) -> str:
   text = ' '.join(str(e).split())
   return f'{type(e).__name__}: {text[:300]}'
-
-
-def check_compatible(config, meta: dict, directory: str) -> None:
-  """Raises if the checkpoint's model differs from the config's."""
-  saved = model_signature(ml_collections.ConfigDict(meta['config']))
-  current = model_signature(config)
-  if saved != current:
-    diffs = _diff(saved, current)
-    raise CheckpointError(
-        f'the checkpoint in {directory} was made with another model config '
-        f'({"; ".join(diffs[:3])}); use a new --workdir or the same config')
-
-
-def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) | set(b)):
-      out += _diff(a.get(k), b.get(k), f'{prefix}{k}.')
-    return out
-  return [] if a == b else [f'{prefix[:-1]}: checkpoint {a} vs config {b}']
-
-
-def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(meta['config'])

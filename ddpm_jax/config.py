@@ -1,12 +1,18 @@
-"""The base config every file in configs/ overrides, and its validation."""
+"""The base config every file in configs/ overrides, its validation, and
+every `*_from_config` factory (betas, schedule, model, sampler)."""
 
 from __future__ import annotations
 
+import inspect
+import math
+from typing import Any
+
 import ml_collections
+import numpy as np
 
+from ddpm_jax import samplers as samplers_lib
 from ddpm_jax.errors import UserError
-
-from ddpm_jax.schedules import BETA_SCHEDULES
+from ddpm_jax.schedules import BETA_SCHEDULES, Schedule, get_betas, make_schedule
 
 
 class ConfigError(UserError):
@@ -51,8 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = 'linear'
   c.diffusion.num_timesteps = 1000
-  c.diffusion.beta_start = 1e-4
-  c.diffusion.beta_end = 0.02
+  c.diffusion.beta_start = 1e-4   # linear and sigmoid only: the cosine
+  c.diffusion.beta_end = 0.02     # schedule is defined by its ᾱ alone
 
   c.training = ml_collections.ConfigDict()
   c.training.batch_size = 32
@@ -154,3 +160,86 @@ def validate(config, num_devices: int = 1) -> None:
   if not 0 <= s.num_steps <= config.diffusion.num_timesteps:
     raise ConfigError(f'sampling.num_steps={s.num_steps} must be in '
                       f'[0, {config.diffusion.num_timesteps}] (0 means all)')
+
+
+def config_from_dict(d: dict) -> ml_collections.ConfigDict:
+  """A config saved as JSON (in a checkpoint) as a ConfigDict again."""
+  return ml_collections.ConfigDict(d)
+
+
+def check_compatible(config, saved, directory: str) -> None:
+  """Raises if the checkpoint's model differs from the config's."""
+  a, b = model_signature(saved), model_signature(config)
+  if a != b:
+    diffs = _diff(a, b)
+    raise UserError(
+        f'the checkpoint in {directory} was made with another model config '
+        f'({"; ".join(diffs[:3])}); use a new --workdir or the same config')
+
+
+def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff(a.get(k), b.get(k), f'{prefix}{k}.')
+    return out
+  return [] if a == b else [f'{prefix[:-1]}: checkpoint {a} vs config {b}']
+
+
+def betas_from_config(config) -> np.ndarray:
+  d = config.diffusion
+  if d.schedule == 'cosine':  # defined by ᾱ alone; beta_start/end do not apply
+    return get_betas(d.schedule, d.num_timesteps)
+  return get_betas(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
+
+
+def schedule_from_config(config) -> Schedule:
+  return make_schedule(betas_from_config(config))
+
+
+def model_from_config(config):
+  """The UNet of `config` with fresh parameters (seeded by config.seed)."""
+  from ddpm_jax.models.unet import build_unet
+  d = config.data
+  return build_unet(config.model, d.image_size, d.channels, d.num_classes,
+                    seed=config.seed)
+
+
+_SAMPLER_OPTION_VALUES = {
+    'spacing': ('uniform', 'leading', 'trailing'),
+    'var_type': ('fixedlarge', 'fixedsmall'),
+}
+
+
+def sampler_from_config(config, name: str | None = None,
+                        num_steps: int | None = None, **options
+                        ) -> samplers_lib.Sampler:
+  """The sampler named (default: config.sampling.sampler) with the config's
+  step count, variance, clipping and spacing unless given. Every check on a
+  sampler request (name, step range, option names and values) lives here."""
+  s = config.sampling
+  name = name or s.sampler
+  if name not in samplers_lib.SAMPLERS:
+    raise UserError(f'unknown sampler {name!r}; choose one of '
+                    f'{sorted(samplers_lib.SAMPLERS)}')
+  T = config.diffusion.num_timesteps
+  if num_steps is None:
+    num_steps = s.num_steps or T   # the config's 0 means all T steps
+  if not 1 <= num_steps <= T:
+    raise UserError(f'number of steps must be in [1, {T}], got {num_steps}')
+  accepted = {p.name for p in inspect.signature(
+      samplers_lib.SAMPLERS[name]).parameters.values()
+      if p.kind == inspect.Parameter.KEYWORD_ONLY}
+  for key in options:
+    if key not in accepted:
+      raise UserError(f'the {name} sampler has no option {key!r}; it takes '
+                      f'{sorted(accepted)}')
+  defaults = {'var_type': s.var_type, 'clip_x0': s.clip_x0, 'spacing': s.spacing}
+  options = {**{k: v for k, v in defaults.items() if k in accepted}, **options}
+  for key, allowed in _SAMPLER_OPTION_VALUES.items():
+    if key in options and options[key] not in allowed:
+      raise UserError(f'{key} must be one of {list(allowed)}, got {options[key]!r}')
+  if 'eta' in options and not (math.isfinite(options['eta']) and options['eta'] >= 0):
+    raise UserError(f'eta must be a finite number >= 0, got {options["eta"]}')
+  return samplers_lib.make_sampler(name, betas_from_config(config), num_steps,
+                                   **options)

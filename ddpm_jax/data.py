@@ -78,14 +78,19 @@ def load_source(data_cfg) -> Source:
   try:
     src = tfds.data_source(data_cfg.name, split=data_cfg.split,
                            data_dir=data_cfg.data_dir, download=False)
-  except Exception as e:  # tfds raises several types for "not prepared"
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(f"TFDS has no dataset named '{data_cfg.name}'") from e
+  # What tfds raises for a dataset that is not prepared (as array_record):
+  # NotImplementedError (only TFRecord files), AssertionError or
+  # FileNotFoundError (no files), ValueError (no such split).
+  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as e:
     where = data_cfg.data_dir or '~/tensorflow_datasets'
     raise DataError(
         f"TFDS dataset '{data_cfg.name}' split '{data_cfg.split}' is not "
         f"prepared in {where} ({type(e).__name__}); on a machine with internet "
         f"run: python -c \"import tensorflow_datasets as tfds; "
         f"tfds.builder('{data_cfg.name}', data_dir={data_cfg.data_dir!r})"
-        f".download_and_prepare(file_format='array_record')\"") from None
+        f".download_and_prepare(file_format='array_record')\"") from e
   return TFDSSource(src)
 
 

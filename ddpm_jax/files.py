@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Callable
+import tempfile
+from typing import BinaryIO, Callable, Sequence
+
+Writer = Callable[[BinaryIO], object]
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
-  """Calls write(f) on a temporary file beside `path`, then renames it over
-  `path`; the temporary file is removed if anything fails."""
-  tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f'.{os.path.basename(path)}.tmp')
+def atomic_write_all(paths: Sequence[str], writers: Sequence[Writer]) -> None:
+  """Calls each writer on a fresh temporary file beside its path (a unique
+  name, so neither a symlink planted there nor a concurrent writer is
+  followed), fsyncs it, and only when every writer has succeeded renames each
+  over its path. On failure the temporary files are removed and no path is
+  touched."""
+  tmps: list[str] = []
   try:
-    with open(tmp, 'wb') as f:
-      write(f)
-    os.replace(tmp, path)
+    for path, write in zip(paths, writers, strict=True):
+      fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                 prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+      tmps.append(tmp)
+      with os.fdopen(fd, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    for tmp, path in zip(tmps, paths):
+      os.replace(tmp, path)
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    for tmp in tmps:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def atomic_write(path: str, write: Writer) -> None:
+  """`atomic_write_all` of one file."""
+  atomic_write_all([path], [write])

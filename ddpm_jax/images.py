@@ -1,15 +1,20 @@
-"""PNG grids and GIF animations of samples (process 0 writes them)."""
+"""Image files: PNG grids and GIF animations of samples, and input images."""
 
 from __future__ import annotations
 
 import math
 import os
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ddpm_jax.data import to_uint8
+from ddpm_jax.errors import UserError
 from ddpm_jax.files import atomic_write
+
+# Input images larger than this many pixels are refused before decoding.
+MAX_INPUT_PIXELS = 4096 * 4096
 
 
 def make_grid(x_BHWC, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -33,19 +38,40 @@ def _pil(grid: np.ndarray, scale: int) -> Image.Image:
   return img
 
 
-def save_grid(x_BHWC, path: str, nrow: int | None = None, scale: int = 2) -> None:
-  _atomic_save(_pil(make_grid(x_BHWC, nrow), scale), path, 'PNG')
+def write_grid(x_BHWC, f: BinaryIO, nrow: int | None = None, scale: int = 2) -> None:
+  _pil(make_grid(x_BHWC, nrow), scale).save(f, format='PNG')
 
 
-def save_gif(frames_FBHWC, path: str, nrow: int | None = None, scale: int = 2,
-             duration_ms: int = 60) -> None:
+def write_gif(frames_FBHWC, f: BinaryIO, nrow: int | None = None, scale: int = 2,
+              duration_ms: int = 60) -> None:
   """One grid per frame; the last frame is held for a second."""
-  pics = [_pil(make_grid(f, nrow), scale) for f in frames_FBHWC]
+  pics = [_pil(make_grid(fr, nrow), scale) for fr in frames_FBHWC]
   durations = [duration_ms] * (len(pics) - 1) + [1000]
-  _atomic_save(pics[0], path, 'GIF', save_all=True, append_images=pics[1:],
+  pics[0].save(f, format='GIF', save_all=True, append_images=pics[1:],
                duration=durations, loop=0)
 
 
-def _atomic_save(img: Image.Image, path: str, fmt: str, **kw) -> None:
+def save_grid(x_BHWC, path: str, nrow: int | None = None, scale: int = 2) -> None:
+  """`write_grid` into `path` atomically, creating its folder."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  atomic_write(path, lambda f: img.save(f, format=fmt, **kw))
+  atomic_write(path, lambda f: write_grid(x_BHWC, f, nrow, scale))
+
+
+def read_image(path: str, channels: int, what: str) -> np.ndarray:
+  """A PNG/JPEG as float32 [H, W, C] in [-1, 1]; an unreadable, corrupt or
+  huge file is one UserError."""
+  if not os.path.isfile(path):
+    raise UserError(f'{what} {path} does not exist')
+  try:
+    with Image.open(path) as img:
+      if img.width * img.height > MAX_INPUT_PIXELS:
+        raise UserError(f'{what} {path} is {img.width}x{img.height} pixels, more '
+                        'than an input image can be')
+      arr = np.asarray(img.convert('L' if channels == 1 else 'RGB'), np.float32)
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+          Image.DecompressionBombError) as e:  # what Pillow raises for bad files
+    raise UserError(f'{what} {path} is not a readable image: '
+                    f'{" ".join(str(e).split())}') from e
+  if arr.ndim == 2:
+    arr = arr[..., None]
+  return arr / 127.5 - 1.0

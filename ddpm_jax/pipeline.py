@@ -1,130 +1,66 @@
-"""The public API: restore a checkpoint and sample from it.
+"""Inference: restore a checkpoint's parameters and sample from them.
 
     from ddpm_jax import load
     pipe = load('workdirs/mnist')            # EMA weights of the latest step
     images = pipe.sample(num=16, seed=0)     # float32 [16, 28, 28, 1] in [-1, 1]
 
-Every mode (plain, class-guided, img2img, inpainting) is one jitted
-`lax.scan`; seeds, labels, the guidance scale and the input images are
-runtime arguments, so changing them does not recompile.
+`load` restores one parameter tree (EMA or raw) and nothing else: no
+optimizer is built and the optimizer state is never read. Every mode (plain,
+class-guided, img2img, inpainting) is one jitted `lax.scan`; seeds, labels,
+the guidance scale and the input images are runtime arguments, so changing
+them does not recompile. `write_samples` is what `sample.py` runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm import tqdm
 
-from ddpm_jax import diffusion
+from ddpm_jax import config as config_lib
+from ddpm_jax import images as images_lib
 from ddpm_jax import samplers as samplers_lib
-from ddpm_jax.checkpoint import Checkpointer, config_from_meta
+from ddpm_jax import sharding
+from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.errors import UserError
-from ddpm_jax.xla_options import compiler_options
-from ddpm_jax.training import (Setup, abstract_state, betas_from_config,
-                               make_mesh)
+from ddpm_jax.files import atomic_write_all
+from ddpm_jax.models.unet import make_apply, split_model
+
+# Top-level activations a default sampling batch may hold (see default_batch).
+_BATCH_BYTES = 2 ** 31
 
 
-def guided_eps_fn(apply: Callable, params, y_B: jax.Array | None,
-                  scale: jax.Array | None, null_label: int):
-  """ε_θ(x, t, y); with `scale` w: ε_u + w (ε_c − ε_u), both in one call."""
-  if scale is None:
-    return lambda x, t: apply(params, x, t, y_B)
-
-  def eps_fn(x, t):
-    B = x.shape[0]
-    y2 = jnp.concatenate([y_B, jnp.full_like(y_B, null_label)])
-    eps = apply(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]), y2)
-    eps_c, eps_u = eps[:B], eps[B:]
-    return eps_u + scale.astype(eps.dtype) * (eps_c - eps_u)
-  return eps_fn
-
-
-def strength_to_start(strength: float, num_steps: int) -> int:
-  """Grid index img2img starts from: s·n steps are run (-1: none)."""
-  return int(round(strength * num_steps)) - 1
-
-
-def sampler_from_config(config, name: str | None = None,
-                        num_steps: int | None = None, **kwargs
-                        ) -> samplers_lib.Sampler:
-  """The sampler named (default: config.sampling.sampler), with the config's
-  step count, variance, clipping and spacing unless given."""
-  s = config.sampling
-  name = name or s.sampler
-  T = config.diffusion.num_timesteps
-  num_steps = num_steps or s.num_steps or None
-  if num_steps is not None and not 1 <= num_steps <= T:
-    raise UserError(f'number of steps must be in [1, {T}], got {num_steps}')
-  if name == 'ddpm':
-    kwargs.setdefault('var_type', s.var_type)
-  kwargs.setdefault('clip_x0', s.clip_x0)
-  kwargs.setdefault('spacing', s.spacing)
-  if name not in samplers_lib.SAMPLERS:
-    raise UserError(f'unknown sampler {name!r}; choose one of '
-                    f'{sorted(samplers_lib.SAMPLERS)}')
-  try:
-    return samplers_lib.make_sampler(name, betas_from_config(config),
-                                     num_steps, **kwargs)
-  except (TypeError, ValueError) as e:
-    raise UserError(f'bad sampler options for {name}: {e}') from None
-
-
-def make_sample_fn(apply: Callable, sampler: samplers_lib.Sampler,
-                   shape: tuple[int, ...], mesh: Mesh | None = None,
-                   capture_every: int = 0, *, null_label: int = 0,
-                   strength: float | None = None, jumps: int = 0) -> Callable:
-  """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None)
-  -> (x0, frames).
-
-  x_T is drawn inside from the key. With `strength` (img2img) `x_init` is
-  noised to t = strength·T and denoised from there; with `mask` (1 =
-  regenerate) the known pixels of `x_init` are re-imposed at every step.
-  """
-  batch_spec = None
-  if mesh is not None and shape[0] % mesh.size == 0:
-    batch_spec = NamedSharding(mesh, P('data'))
-  start = None
-  if strength is not None:
-    start = strength_to_start(strength, sampler.num_steps)
-
-  def fn(params, key, y=None, scale=None, x_init=None, mask=None):
-    init_key, loop_key = jax.random.split(key)
-    noise = jax.random.normal(init_key, shape, jnp.float32)
-    if batch_spec is not None:
-      noise = jax.lax.with_sharding_constraint(noise, batch_spec)
-    eps_fn = guided_eps_fn(apply, params, y, scale, null_label)
-    if start is None:
-      x_T = noise
-    elif start < 0:
-      x_T = x_init                       # strength 0: nothing to do
-    elif start == sampler.num_steps - 1 and strength >= 1.0:
-      x_T = noise                        # strength 1: plain generation
-    else:
-      t_B = jnp.full(shape[:1], start)
-      x_T = diffusion.q_sample(sampler.schedule, x_init, t_B, noise)
-    if jumps:
-      x = samplers_lib.sample_inpaint_with_jumps(sampler, eps_fn, loop_key, x_T,
-                                                 x_init, mask, jumps)
-      return x, None
-    return sampler.sample(
-        eps_fn, loop_key, x_T, start=start, capture_every=capture_every,
-        known_x0=x_init if mask is not None else None, known_mask=mask)
-  return jax.jit(fn, compiler_options=compiler_options())
+@dataclasses.dataclass(frozen=True)
+class SampleRequest:
+  """A checked sampling request: what `Pipeline.run` needs, nothing else."""
+  num: int
+  seed: int
+  fn_args: tuple[tuple[str, Any], ...]  # everything the compiled scan depends on
+  y: np.ndarray | None
+  scale: float | None
+  x_init: np.ndarray | None
+  mask: np.ndarray | None
+  batch: int
 
 
 @dataclasses.dataclass
 class Pipeline:
-  """A restored model ready to sample; jitted samplers are cached by shape."""
+  """A model ready to sample; jitted samplers are cached by what they
+  depend on. `params` is None until `restore` (or `load`) fills it."""
   config: Any
-  setup: Setup
+  apply: Callable
   params: Any
   mesh: Mesh
   step: int
-  _cache: dict = dataclasses.field(default_factory=dict)
+  _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -136,9 +72,17 @@ class Pipeline:
     m = self.config.model
     return int(self.config.data.num_classes) if m.class_conditional else 0
 
+  @property
+  def default_batch(self) -> int:
+    """Images per sampling call: about 2 GiB of float32 activations at the
+    UNet's top level (x64 for the tensors alive at once), 16 to 256."""
+    h, w, _ = self.image_shape
+    per_image = h * w * self.config.model.ch * 4 * 64
+    return int(min(256, max(16, _BATCH_BYTES // per_image)))
+
   def sampler(self, name: str | None = None, num_steps: int | None = None,
-              **kwargs) -> samplers_lib.Sampler:
-    return sampler_from_config(self.config, name, num_steps, **kwargs)
+              **options) -> samplers_lib.Sampler:
+    return config_lib.sampler_from_config(self.config, name, num_steps, **options)
 
   def _labels(self, labels, num: int) -> np.ndarray | None:
     if labels is None:
@@ -161,84 +105,216 @@ class Pipeline:
     if x.shape != (num,) + self.image_shape:
       raise UserError(f'{what} has shape {tuple(x.shape[1:])}, the model makes '
                       f'{self.image_shape}')
+    if not np.all(np.isfinite(x)):
+      raise UserError(f'{what} holds non-finite values')
     return x
 
-  def sample(self, num: int = 16, seed: int = 0, *, sampler: str | None = None,
-             num_steps: int | None = None, labels: Sequence[int] | int | None = None,
-             guidance_scale: float | None = None, init_image=None,
-             strength: float | None = None, mask=None, jumps: int = 0,
-             capture_every: int = 0, return_frames: bool = False,
-             **sampler_kwargs):
-    """Samples `num` images in [-1, 1] (float32 NumPy, NHWC).
-
-    labels: class per image (repeated to fill `num`); guidance_scale: the
-    classifier-free guidance weight w (0: unconditional, 1: conditional).
-    init_image ([H, W, C] or [num, H, W, C] in [-1, 1]) with `strength`
-    is img2img (SDEdit); with `mask` (1 = regenerate) it is inpainting,
-    with `jumps` RePaint resamplings of every 10-step block (ddpm, ddim).
-    """
+  def request(self, num: int = 16, seed: int = 0, *, sampler: str | None = None,
+              num_steps: int | None = None,
+              labels: Sequence[int] | int | None = None,
+              guidance_scale: float | None = None, init_image=None,
+              strength: float | None = None, mask=None, jumps: int = 0,
+              capture_every: int = 0, batch_size: int | None = None,
+              **sampler_options) -> SampleRequest:
+    """Checks a sampling request against the model without touching its
+    parameters; every check of `sample`'s arguments lives here."""
     if num <= 0:
       raise UserError(f'number of images must be positive, got {num}')
-    if guidance_scale is not None and not self.num_classes:
-      raise UserError('a guidance scale needs a class-conditional model; '
-                      'this one is unconditional')
+    if batch_size is not None and batch_size <= 0:
+      raise UserError(f'batch size must be positive, got {batch_size}')
+    if guidance_scale is not None:
+      if not self.num_classes:
+        raise UserError('a guidance scale needs a class-conditional model; '
+                        'this one is unconditional')
+      if not math.isfinite(guidance_scale):
+        raise UserError(f'the guidance scale must be a finite number, got '
+                        f'{guidance_scale}')
     y = self._labels(labels, num)
     if guidance_scale is not None and y is None:
       raise UserError('a guidance scale needs labels')
     if y is None and self.num_classes:
       y = np.full((num,), self.num_classes, np.int32)   # the null label
-    if strength is not None and not 0.0 <= strength <= 1.0:
+    if strength is not None and not 0.0 <= strength <= 1.0:  # NaN fails too
       raise UserError(f'strength must be in [0, 1], got {strength}')
     if (strength is not None or mask is not None) and init_image is None:
       raise UserError('strength and mask need an init image')
     if strength is not None and mask is not None:
       raise UserError('use either strength (img2img) or mask (inpainting)')
+    if init_image is not None and strength is None and mask is None:
+      raise UserError('an init image needs a strength (img2img) or a mask '
+                      '(inpainting)')
+    name = sampler or self.config.sampling.sampler
     if jumps < 0 or (jumps and mask is None):
       raise UserError('jumps (RePaint resampling) is a non-negative count and '
                       'needs a mask')
     if jumps and capture_every:
       raise UserError('jumps and frame capture cannot be combined')
-    if jumps and (sampler or self.config.sampling.sampler) == 'dpm++2m':
+    if jumps and name == 'dpm++2m':
       raise UserError('jumps needs a single-step sampler (ddpm or ddim), not '
                       'dpm++2m')
-    x_init = m = None
-    if init_image is not None:
-      if strength is None and mask is None:
-        raise UserError('an init image needs a strength (img2img) or a mask '
-                        '(inpainting)')
-      x_init = self._image(init_image, num, 'the init image')
-      if mask is not None:
-        m = self._image(mask, num, 'the mask')
+    smp = self.sampler(name, num_steps, **sampler_options)  # checks the options
+    x_init = None if init_image is None else self._image(init_image, num, 'the init image')
+    m = None if mask is None else self._image(mask, num, 'the mask')
+    batch = min(num, batch_size or self.default_batch)
+    fn_args = (('sampler', name), ('num_steps', smp.num_steps),
+               ('options', tuple(sorted(sampler_options.items()))),
+               ('capture_every', capture_every), ('strength', strength),
+               ('jumps', jumps))
+    return SampleRequest(num, seed, fn_args, y,
+                         None if guidance_scale is None else float(guidance_scale),
+                         x_init, m, batch)
 
-    key_args = (num, sampler, num_steps, capture_every, strength, jumps,
-                guidance_scale is not None, y is None, m is None,
-                tuple(sorted(sampler_kwargs.items())))
-    if key_args not in self._cache:
-      smp = self.sampler(sampler, num_steps, **sampler_kwargs)
-      self._cache[key_args] = make_sample_fn(
-          self.setup.apply, smp, (num,) + self.image_shape, self.mesh,
-          capture_every, null_label=self.num_classes, strength=strength,
-          jumps=jumps)
-    scale = None if guidance_scale is None else jnp.float32(guidance_scale)
-    x, frames = self._cache[key_args](self.params, jax.random.key(seed), y,
-                                      scale, x_init, m)
-    x = np.asarray(jax.device_get(x))
-    if return_frames:
-      return x, (None if frames is None else np.asarray(jax.device_get(frames)))
-    return x
+  def _sample_fn(self, fn_args: tuple, batch: int) -> Callable:
+    key = fn_args + (('batch', batch),)
+    if key not in self._cache:
+      a = dict(fn_args)
+      smp = self.sampler(a['sampler'], a['num_steps'], **dict(a['options']))
+      self._cache[key] = samplers_lib.make_sample_fn(
+          self.apply, smp, (batch,) + self.image_shape, self.mesh,
+          a['capture_every'], null_label=self.num_classes,
+          strength=a['strength'], jumps=a['jumps'])
+    return self._cache[key]
+
+  def run(self, req: SampleRequest, *, progress: bool = False
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images [num, H, W, C], frames or None) of a checked request, in
+    batches of `req.batch`. Batch k > 0 uses the key fold_in(key(seed), k), so
+    the first batch equals a run of `batch` images with the same seed."""
+    if self.params is None:
+      raise RuntimeError('Pipeline.run before restore(): no parameters')
+    scale = None if req.scale is None else jnp.float32(req.scale)
+    root = jax.random.key(req.seed)
+    xs, frames = [], []
+    starts = range(0, req.num, req.batch)
+    for k, i in enumerate(tqdm(starts, desc='sample', disable=not progress
+                               or len(starts) == 1, dynamic_ncols=True)):
+      n = min(req.batch, req.num - i)
+      pad = lambda a: None if a is None else _pad_to(a[i:i + n], req.batch)
+      fn = self._sample_fn(req.fn_args, req.batch)
+      x, f = fn(self.params, root if k == 0 else jax.random.fold_in(root, k),
+                pad(req.y), scale, pad(req.x_init), pad(req.mask))
+      xs.append(np.asarray(sharding.gather(x))[:n])
+      if f is not None:
+        frames.append(np.asarray(jax.device_get(f))[:, :n])
+    return (np.concatenate(xs),
+            np.concatenate(frames, axis=1) if frames else None)
+
+  def sample(self, num: int = 16, seed: int = 0, *, return_frames: bool = False,
+             progress: bool = False, **kwargs):
+    """Samples `num` images in [-1, 1] (float32 NumPy, NHWC).
+
+    sampler=, num_steps=, and the sampler's options (eta=, clip_x0=,
+    spacing=, var_type=); labels: class per image (repeated to fill `num`);
+    guidance_scale: the classifier-free guidance weight w (0: unconditional,
+    1: conditional). init_image ([H, W, C] or [num, H, W, C] in [-1, 1])
+    with `strength` is img2img (SDEdit); with `mask` (1 = regenerate) it is
+    inpainting, with `jumps` RePaint resamplings of every 10-step block (ddpm,
+    ddim). batch_size= images per call (default: `default_batch`).
+    """
+    x, frames = self.run(self.request(num, seed, **kwargs), progress=progress)
+    return (x, frames) if return_frames else x
+
+  def restore(self, workdir: str, use_ema: bool = True) -> None:
+    """Restores this pipeline's step from `workdir`: one parameter tree only."""
+    graphdef, abstract = abstract_params(self.config)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+      self.params = ckpt.restore_params(
+          self.step, 'ema_params' if use_ema else 'params', abstract, self.mesh)
+    finally:
+      ckpt.close()
+
+
+def _pad_to(a: np.ndarray, n: int) -> np.ndarray:
+  """The last batch padded (with its first entry) to the compiled size."""
+  if len(a) == n:
+    return a
+  return np.concatenate([a, np.repeat(a[:1], n - len(a), axis=0)])
+
+
+def abstract_params(config) -> tuple[nnx.GraphDef, Any]:
+  """The model's graphdef and parameter shapes, with no array allocated."""
+  model = nnx.eval_shape(lambda: config_lib.model_from_config(config))
+  graphdef, state = split_model(model)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def open_pipeline(workdir: str, step: int | None = None,
+                  mesh: Mesh | None = None) -> Pipeline:
+  """A Pipeline with the checkpoint's config and no parameters yet: every
+  request can be checked before the (slow) restore."""
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    step, meta = ckpt.read_meta(step)
+  finally:
+    ckpt.close()
+  config = config_lib.config_from_dict(meta['config'])
+  graphdef, _ = abstract_params(config)
+  return Pipeline(config, make_apply(graphdef), None, mesh or sharding.make_mesh(),
+                  step)
 
 
 def load(workdir: str, step: int | None = None, use_ema: bool = True,
          mesh: Mesh | None = None) -> Pipeline:
-  """Restores the checkpoint at `step` (default: latest) of a workdir."""
-  ckpt = Checkpointer(workdir, read_only=True)
-  step, meta = ckpt.read_meta(step)
-  config = config_from_meta(meta)
-  setup, target = abstract_state(config)
-  mesh = mesh or make_mesh()
-  # Not closed on failure: closing Orbax's manager after a failed restore makes
-  # its background threads print tracebacks; the manager is dropped instead.
-  state = ckpt.restore(step, target, mesh)
-  ckpt.close()
-  params = state.ema_params if use_ema else state.params
-  return Pipeline(config, setup, params, mesh, step)
+  """Restores the checkpoint at `step` (default: latest) of a workdir: its
+  config and its EMA (or, with use_ema=False, raw) parameters only."""
+  pipe = open_pipeline(workdir, step, mesh)
+  pipe.restore(workdir, use_ema)
+  return pipe
+
+
+def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
+                  checkpoint: int | None = None, use_ema: bool = True,
+                  gif: bool = False, npy: bool = False,
+                  labels: Sequence[int] | None = None,
+                  init_image: str | None = None, mask: str | None = None,
+                  progress: bool = True, **sample_kwargs) -> list[str]:
+  """Samples `num` images into the PNG grid `out`; with `npy`, the raw
+  samples in [-1, 1] into <stem>.npy; with `gif`, the reverse process into
+  <stem>.gif. Every check runs before sampling; every file is written to a
+  temporary name first and renamed over its target only when all succeeded,
+  so a failed run replaces nothing. Returns the written paths."""
+  if not out.lower().endswith('.png'):
+    raise UserError(f'--out must end in .png, got {out}')
+  stem = os.path.splitext(out)[0]
+  paths = [out] + ([stem + '.npy'] if npy else []) + ([stem + '.gif'] if gif else [])
+  for p in paths:
+    _check_writable(p)
+  if not os.path.isdir(workdir):
+    raise UserError(f'workdir {workdir} does not exist')
+  pipe = open_pipeline(workdir, checkpoint)
+  c = pipe.config.data.channels
+  x_init = images_lib.read_image(init_image, c, '--init-image') if init_image else None
+  m = None
+  if mask:
+    m = (images_lib.read_image(mask, 1, '--mask') > 0.0).astype(np.float32)
+    m = np.broadcast_to(m, m.shape[:2] + (c,))
+  capture = 0
+  if gif:  # about 50 frames
+    steps = pipe.sampler(sample_kwargs.get('sampler'),
+                         sample_kwargs.get('num_steps')).num_steps
+    capture = max(1, steps // 50)
+  req = pipe.request(num, seed, labels=labels, init_image=x_init, mask=m,
+                     capture_every=capture, **sample_kwargs)
+  pipe.restore(workdir, use_ema)
+  x, frames = pipe.run(req, progress=progress)
+  nrow = None
+  if labels is not None and len(labels) > 1 and num % len(labels) == 0:
+    nrow = num // len(labels)  # one row per requested label
+  writers = [lambda f: images_lib.write_grid(x, f, nrow=nrow)]
+  if npy:
+    writers.append(lambda f: np.save(f, x))
+  if gif:
+    writers.append(lambda f: images_lib.write_gif(frames, f, nrow=nrow))
+  atomic_write_all(paths, writers)
+  return paths
+
+
+def _check_writable(path: str) -> None:
+  if os.path.isdir(path):
+    raise UserError(f'{path} is a directory, not an output file')
+  d = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(d):
+    raise UserError(f'output directory {d} does not exist')
+  if not os.access(d, os.W_OK):
+    raise UserError(f'output directory {d} is not writable')

@@ -15,9 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
 from ddpm_jax import diffusion
 from ddpm_jax.diffusion import EpsFn
 from ddpm_jax.schedules import Schedule, make_schedule, respace_betas, space_timesteps
+from ddpm_jax.xla_options import compiler_options
 
 # step(eps_fn, carry, i, key) -> carry; carry[0] is x at grid index i.
 StepFn = Callable[[EpsFn, Any, jax.Array, jax.Array], Any]
@@ -265,3 +268,66 @@ def make_sampler(name: str, betas: np.ndarray, num_steps: int | None = None,
   if name not in SAMPLERS:
     raise ValueError(f'unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}')
   return SAMPLERS[name](betas, num_steps, **kwargs)
+
+
+def guided_eps_fn(apply: Callable, params, y_B: jax.Array | None,
+                  scale: jax.Array | None, null_label: int) -> EpsFn:
+  """ε_θ(x, t, y); with `scale` w: ε_u + w (ε_c − ε_u), both in one call."""
+  if scale is None:
+    return lambda x, t: apply(params, x, t, y_B)
+
+  def eps_fn(x, t):
+    B = x.shape[0]
+    y2 = jnp.concatenate([y_B, jnp.full_like(y_B, null_label)])
+    eps = apply(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]), y2)
+    eps_c, eps_u = eps[:B], eps[B:]
+    return eps_u + scale.astype(eps.dtype) * (eps_c - eps_u)
+  return eps_fn
+
+
+def strength_to_start(strength: float, num_steps: int) -> int:
+  """Grid index img2img starts from: s·n steps are run (-1: none)."""
+  return int(round(strength * num_steps)) - 1
+
+
+def make_sample_fn(apply: Callable, sampler: Sampler,
+                   shape: tuple[int, ...], mesh: Mesh | None = None,
+                   capture_every: int = 0, *, null_label: int = 0,
+                   strength: float | None = None, jumps: int = 0) -> Callable:
+  """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None)
+  -> (x0, frames).
+
+  x_T is drawn inside from the key. With `strength` (img2img) `x_init` is
+  noised to t = strength·T and denoised from there; with `mask` (1 =
+  regenerate) the known pixels of `x_init` are re-imposed at every step.
+  """
+  batch_spec = None
+  if mesh is not None and shape[0] % mesh.size == 0:
+    batch_spec = NamedSharding(mesh, P('data'))
+  start = None
+  if strength is not None:
+    start = strength_to_start(strength, sampler.num_steps)
+
+  def fn(params, key, y=None, scale=None, x_init=None, mask=None):
+    init_key, loop_key = jax.random.split(key)
+    noise = jax.random.normal(init_key, shape, jnp.float32)
+    if batch_spec is not None:
+      noise = jax.lax.with_sharding_constraint(noise, batch_spec)
+    eps_fn = guided_eps_fn(apply, params, y, scale, null_label)
+    if start is None:
+      x_T = noise
+    elif start < 0:
+      x_T = x_init                       # strength 0: nothing to do
+    elif start == sampler.num_steps - 1 and strength >= 1.0:
+      x_T = noise                        # strength 1: plain generation
+    else:
+      t_B = jnp.full(shape[:1], start)
+      x_T = diffusion.q_sample(sampler.schedule, x_init, t_B, noise)
+    if jumps:
+      x = sample_inpaint_with_jumps(sampler, eps_fn, loop_key, x_T, x_init,
+                                    mask, jumps)
+      return x, None
+    return sampler.sample(
+        eps_fn, loop_key, x_T, start=start, capture_every=capture_every,
+        known_x0=x_init if mask is not None else None, known_mask=mask)
+  return jax.jit(fn, compiler_options=compiler_options())

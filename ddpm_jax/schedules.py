@@ -48,15 +48,21 @@ BETA_SCHEDULES: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def get_betas(kind: str, num_timesteps: int, beta_start: float = 1e-4,
-              beta_end: float = 0.02) -> np.ndarray:
-  """Float64 betas of the named schedule."""
+def get_betas(kind: str, num_timesteps: int, beta_start: float | None = None,
+              beta_end: float | None = None) -> np.ndarray:
+  """Float64 betas of the named schedule. `beta_start`/`beta_end` set the
+  linear and sigmoid schedules (default 1e-4, 0.02); the cosine schedule is
+  defined by ᾱ alone and refuses them."""
   if kind not in BETA_SCHEDULES:
     raise ValueError(f'unknown schedule {kind!r}; choose one of '
                      f'{sorted(BETA_SCHEDULES)}')
   if kind == 'cosine':
+    if beta_start is not None or beta_end is not None:
+      raise ValueError('the cosine schedule takes no beta_start/beta_end')
     return cosine_betas(num_timesteps)
-  return BETA_SCHEDULES[kind](num_timesteps, beta_start, beta_end)
+  return BETA_SCHEDULES[kind](num_timesteps,
+                              1e-4 if beta_start is None else beta_start,
+                              0.02 if beta_end is None else beta_end)
 
 
 class Schedule(NamedTuple):

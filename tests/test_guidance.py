@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 
 from ddpm_jax import data as data_lib
-from ddpm_jax import training
+from ddpm_jax import sharding
+from ddpm_jax.train import step as step_lib
 from ddpm_jax.errors import UserError
 from ddpm_jax.pipeline import Pipeline
 
 
 def _pipeline(config, wrap=None):
-  setup, state = training.init_model_and_state(config)
+  setup, state = step_lib.init_train_state(config)
   if wrap:
     setup = dataclasses.replace(setup, apply=wrap(setup.apply))
   params = jax.tree.map(lambda p: p + 0.02, state.ema_params)  # non-trivial output
-  return Pipeline(config, setup, params, training.make_mesh(), 0)
+  return Pipeline(config, setup.apply, params, sharding.make_mesh(), 0)
 
 
 @pytest.fixture
@@ -111,13 +112,13 @@ def test_trained_conditional_model_draws_the_requested_class(cond_config):
   c.training.warmup_steps = 20
   c.training.ema_decay = 0.99
   c.model.dropout = 0.0
-  setup, state = training.init_model_and_state(c)
-  mesh = training.make_mesh()
-  state = training.replicate(state, mesh)
-  step = training.make_train_step(setup, mesh)
+  setup, state = step_lib.init_train_state(c)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
+  step = step_lib.make_train_step(setup, mesh)
   batches = data_lib.Batches(data_lib.ArraySource(images, labels), 32, seed=0)
   for i in range(300):
-    state, metrics = step(state, training.shard_batch(batches.batch(i), mesh))
+    state, metrics = step(state, sharding.shard_batch(batches.batch(i), mesh))
     # Wait for each step, as the trainer does (metrics fetched one step late):
     # 300 steps queued at once on 4 fake CPU devices aborted XLA twice here.
     jax.block_until_ready(metrics)
@@ -131,7 +132,7 @@ def test_trained_conditional_model_draws_the_requested_class(cond_config):
     b -= 0.1 * float(np.mean(p - labels))
   assert np.mean((x_real @ w + b > 0) == labels) > 0.97
 
-  pipe = Pipeline(c, setup, state.ema_params, mesh, 300)
+  pipe = Pipeline(c, setup.apply, state.ema_params, mesh, 300)
   x = pipe.sample(num=64, seed=0, labels=[0, 1], guidance_scale=4.0)
   want = np.repeat([0, 1], 32)
   acc = np.mean((x.reshape(64, -1) @ w + b > 0) == want)

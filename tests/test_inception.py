@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ddpm_jax import inception as inc
+from ddpm_jax.metrics import inception as inc
 from ddpm_jax.errors import UserError
 
 

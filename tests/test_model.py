@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from ddpm_jax import config as config_lib
-from ddpm_jax.model import (UNet, build_model, count_params, make_apply,
+from ddpm_jax.models.unet import (UNet, build_unet, count_params, make_apply,
                             split_model, timestep_embedding)
 
 
@@ -24,7 +24,7 @@ def test_cifar10_paper_model_has_35_7m_params():
 
 def test_mnist_default_is_small():
   c = config_lib.base_config()
-  n = count_params(jax.eval_shape(lambda: split_model(build_model(
+  n = count_params(jax.eval_shape(lambda: split_model(build_unet(
       c.model, c.data.image_size, c.data.channels, c.data.num_classes))[1]))
   assert 1.5e6 < n < 1.7e6, n
 
@@ -99,7 +99,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
 
 
 def test_group_norm_matches_float64_reference_and_nnx():
-  from ddpm_jax.model import GroupNorm
+  from ddpm_jax.models.unet import GroupNorm
   rng = np.random.default_rng(0)
   x = (rng.normal(size=(3, 5, 6, 16)) * 2 + 0.5).astype(np.float32)
   ours = GroupNorm(16, 4, epsilon=1e-6, rngs=nnx.Rngs(0))

@@ -40,17 +40,18 @@ def test_two_processes_equal_one_process(tmp_path):
   assert len(_losses(two)) == 4  # only process 0 writes logs
   # The same global batches on one process (here, on one device).
   import jax
-  from ddpm_jax import data as data_lib, training
+  from ddpm_jax import data as data_lib, sharding
+  from ddpm_jax.train import step as step_lib
   from ddpm_jax.config import load_config_file
   config = load_config_file(os.path.join(REPO, 'configs', 'tiny.py'))
-  setup, state = training.init_model_and_state(config)
-  mesh = training.make_mesh(jax.devices()[:1])
-  state = training.replicate(state, mesh)
-  step = training.make_train_step(setup, mesh)
+  setup, state = step_lib.init_train_state(config)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state = sharding.replicate(state, mesh)
+  step = step_lib.make_train_step(setup, mesh)
   batches = data_lib.Batches(data_lib.load_embedded_mnist(), 8, config.seed)
   one = []
   for i in range(4):
-    state, m = step(state, training.shard_batch(batches.batch(i), mesh))
+    state, m = step(state, sharding.shard_batch(batches.batch(i), mesh))
     one.append(float(m['loss']))
   np.testing.assert_allclose(_losses(two), one, rtol=1e-5)
   assert sorted(os.listdir(two / 'checkpoints')) == ['2', '4']

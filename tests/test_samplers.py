@@ -8,8 +8,9 @@ import pytest
 
 from ddpm_jax import diffusion, samplers, schedules
 from ddpm_jax.errors import UserError
-from ddpm_jax.pipeline import make_sample_fn
-from ddpm_jax.training import init_model_and_state, make_mesh
+from ddpm_jax.samplers import make_sample_fn
+from ddpm_jax.sharding import make_mesh
+from ddpm_jax.train.step import init_train_state as init_model_and_state
 
 BETAS = schedules.linear_betas(40, 1e-3, 0.2)
 
@@ -174,7 +175,7 @@ def test_unknown_sampler_and_too_many_steps():
 def test_sampler_from_config_builds_every_configured_sampler(tiny_config, name):
   """The trainer's grid sampler comes from the config: any sampler name works
   (DDPM-only options such as var_type are passed to DDPM alone)."""
-  from ddpm_jax.pipeline import sampler_from_config
+  from ddpm_jax.config import sampler_from_config
   tiny_config.sampling.sampler = name
   tiny_config.sampling.num_steps = 5
   s = sampler_from_config(tiny_config)

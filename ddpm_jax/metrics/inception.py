@@ -9,7 +9,7 @@ Weights are never downloaded. Supply pytorch-fid's file
 `pt_inception-2015-12-05-6726825d.pth`, either as is (needs torch to read) or
 converted once to `.npz` with the same keys and torch layouts:
 
-  python -m ddpm_jax.inception --convert pt_inception-2015-12-05-6726825d.pth --out fid_inception.npz
+  python -m ddpm_jax.cli.convert_inception pt_inception-2015-12-05-6726825d.pth --out fid_inception.npz
 
 Keys are `<block>.<branch>.conv.weight` (O, I, kh, kw) and
 `<block>.<branch>.bn.{weight,bias,running_mean,running_var}`; `fc.*` and
@@ -19,7 +19,9 @@ Keys are `<block>.<branch>.conv.weight` (O, I, kh, kw) and
 from __future__ import annotations
 
 import os
+import pickle
 import types
+import zipfile
 from typing import Callable, Iterable
 
 import jax
@@ -243,23 +245,23 @@ def state_dict_shapes() -> dict[str, tuple[int, ...]]:
 def _read_weights(path: str) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise UserError(f'Inception weights file {path} does not exist; see '
-                    '`python -m ddpm_jax.inception --help` for the file it expects')
+                    '`python -m ddpm_jax.cli.convert_inception --help` for the file it expects')
   if path.endswith('.npz'):
     try:
       with np.load(path) as f:
         return {k: f[k] for k in f.files}
-    except Exception as e:
-      raise UserError(f'cannot read Inception weights {path}: {e}') from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # not an .npz
+      raise UserError(f'cannot read Inception weights {path}: {e}') from e
   try:
     import torch
   except ImportError:
     raise UserError(f'{path} is not .npz; reading a .pth needs torch, or convert '
-                    'it once elsewhere with `python -m ddpm_jax.inception '
-                    '--convert FILE.pth --out FILE.npz`') from None
+                    'it once elsewhere with `python -m ddpm_jax.cli.convert_inception '
+                    'FILE.pth --out FILE.npz`') from None
   try:
     sd = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:
-    raise UserError(f'cannot read Inception weights {path}: {e}') from None
+  except (OSError, RuntimeError, pickle.UnpicklingError) as e:  # not a torch file
+    raise UserError(f'cannot read Inception weights {path}: {e}') from e
   return {k: v.numpy() for k, v in sd.items()}
 
 
@@ -350,7 +352,7 @@ def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, n: int) -> None:
   try:
     atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma, num_images=n))
   except OSError as e:
-    raise UserError(f'cannot write FID statistics {path}: {e.strerror}') from None
+    raise UserError(f'cannot write FID statistics {path}: {e.strerror}') from e
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -359,7 +361,7 @@ def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
       return f['mu'], f['sigma']
   except (OSError, KeyError, ValueError) as e:
     raise UserError(f'cannot read FID statistics {path} (need an .npz with mu '
-                    f'and sigma): {e}') from None
+                    f'and sigma): {e}') from e
 
 
 def reference_stats(data_cfg, feature_fn, path: str | None = None,
@@ -380,25 +382,13 @@ def reference_stats(data_cfg, feature_fn, path: str | None = None,
   return mu, sigma
 
 
-def main(argv):
-  from absl import flags
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  src, out = flags.FLAGS.convert, flags.FLAGS.out
-  if not src or not out:
-    raise UserError('usage: python -m ddpm_jax.inception --convert FILE.pth --out FILE.npz')
+def convert_weights(src: str, out: str) -> int:
+  """pytorch-fid's .pth (or an .npz) → an .npz with the same keys, checked
+  against the network first. Returns the number of arrays written."""
   weights = _read_weights(src)
   load_state_dict(_abstract_model(), weights, source=src)  # validates
   try:
     atomic_write(out, lambda f: np.savez(f, **weights))
   except OSError as e:
-    raise UserError(f'cannot write {out}: {e.strerror}') from None
-  print(f'wrote {out} ({len(weights)} arrays)')
-
-
-if __name__ == '__main__':
-  from absl import flags as _flags
-  from ddpm_jax import cli
-  _flags.DEFINE_string('convert', None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
-  _flags.DEFINE_string('out', None, 'Output .npz path.')
-  cli.run(main)
+    raise UserError(f'cannot write {out}: {e.strerror}') from e
+  return len(weights)

@@ -220,7 +220,7 @@ class UNet(nnx.Module):
     return h.astype(jnp.float32)
 
 
-def build_model(model_cfg, image_size: int, channels: int, num_classes: int,
+def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
                 seed: int = 0) -> UNet:
   """Builds the UNet from the config's `model` section."""
   return UNet(image_size=image_size, in_channels=channels, ch=model_cfg.ch,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ddpm_jax import data as data_lib
-from ddpm_jax import training
+from ddpm_jax import sharding
+from ddpm_jax.train import step as step_lib
 
 
 def _batches(config, n):
@@ -16,15 +17,15 @@ def _batches(config, n):
 
 
 def _run(config, devices, batches, apply_wrapper=None):
-  setup, state = training.init_model_and_state(config)
+  setup, state = step_lib.init_train_state(config)
   if apply_wrapper:
     setup = dataclasses.replace(setup, apply=apply_wrapper(setup.apply))
-  mesh = training.make_mesh(devices)
-  state = training.replicate(state, mesh)
-  step = training.make_train_step(setup, mesh)
+  mesh = sharding.make_mesh(devices)
+  state = sharding.replicate(state, mesh)
+  step = step_lib.make_train_step(setup, mesh)
   losses = []
   for b in batches:
-    state, m = step(state, training.shard_batch(b, mesh))
+    state, m = step(state, sharding.shard_batch(b, mesh))
     losses.append(float(m['loss']))
   return state, losses
 
@@ -64,15 +65,15 @@ def test_loss_decreases_and_ema_lags(tiny_config):
 
 def test_non_finite_batch_leaves_state_unchanged(tiny_config):
   batches = _batches(tiny_config, 1)
-  setup, state = training.init_model_and_state(tiny_config)
-  mesh = training.make_mesh()
-  state = training.replicate(state, mesh)
+  setup, state = step_lib.init_train_state(tiny_config)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
   before = jax.device_get(state.params)
-  step = training.make_train_step(setup, mesh)
+  step = step_lib.make_train_step(setup, mesh)
   # uint8 images cannot be NaN; poison the params' input conv instead.
   bad = jax.tree.map(lambda x: x, state)
   bad.params['conv_in']['kernel'] = bad.params['conv_in']['kernel'] * np.nan
-  new, m = step(bad, training.shard_batch(batches[0], mesh))
+  new, m = step(bad, sharding.shard_batch(batches[0], mesh))
   assert int(m['finite']) == 0 and int(new.step) == 1
   assert np.isnan(np.asarray(new.params['conv_in']['kernel'])).all()  # kept as given
   chex.assert_trees_all_equal(jax.device_get(new.params['conv_out']),
@@ -81,7 +82,7 @@ def test_non_finite_batch_leaves_state_unchanged(tiny_config):
 
 def test_warmup_learning_rate(tiny_config):
   import optax
-  tx = training.make_optimizer(tiny_config.training)
+  tx = step_lib.make_optimizer(tiny_config.training)
   p = {'w': np.ones(3, np.float32)}
   s = tx.init(p)
   g = {'w': np.ones(3, np.float32)}

@@ -1,4 +1,9 @@
-"""Shared plumbing of train.py and sample.py: one clear line on bad input."""
+"""What every command shares: flag parsing and the error rule.
+
+A `UserError` (a mistake in the user's input) is one `error:` line on stderr
+and exit status 2; set DDPM_JAX_DEBUG=1 to see its traceback instead.
+Anything else (a bug, a library failure) keeps its traceback and exits 1.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,14 @@ from absl import app, flags, logging
 
 from ddpm_jax.errors import UserError
 
+DEBUG_ENV = 'DDPM_JAX_DEBUG'
 
-def fail(message: str, code: int = 2) -> None:
-  """Prints one line and exits. Saves are already finished (the trainer
-  waits for Orbax in `finally`); os._exit skips interpreter shutdown, where
-  Orbax's background event loop would print tracebacks after a failed
-  restore."""
+
+def fail(message: str, code: int = 2):
+  """Prints one `error:` line and exits with `code`."""
   sys.stdout.flush()
-  sys.stderr.flush()
-  err = os.dup(2)
-  os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # threads can't add to the line
-  os.write(err, f'error: {message}\n'.encode())
-  os._exit(code)
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 def _one_line(e: BaseException) -> str:
@@ -37,10 +38,13 @@ def define_config(default_path: str, help_text: str):
   try:
     return config_flags.DEFINE_config_file('config', default_path, help_text,
                                            lock_config=True)
-  except (KeyError, AttributeError) as e:
+  except (KeyError, AttributeError) as e:  # a --config.x.y key that is not there
     fail(_unknown_key(e, sys.argv))
-  except Exception as e:
-    fail(f'cannot load the config: {type(e).__name__}: {_one_line(e)}')
+
+
+def config_path() -> str:
+  """The path of the config file the `--config` flag names."""
+  return flags.FLAGS['config'].config_filename.split(':')[0]
 
 
 def _unknown_key(e: BaseException, argv: list[str]) -> str:
@@ -65,33 +69,39 @@ def _config_paths(argv: list[str]) -> list[str]:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing where every failure is one line and exit code 2."""
+  """absl flag parsing where every mistake is one line and exit code 2."""
   for path in _config_paths(argv):
     if not os.path.isfile(path):
       fail(f'config file {path} does not exist')
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:  # unknown flag, bad value, missing required flag
     fail(_one_line(e))
   except (KeyError, AttributeError) as e:  # a --config.x.y key that is not there
     fail(_unknown_key(e, argv))
-  except Exception as e:  # a config file that does not load
-    fail(f'cannot load the config: {type(e).__name__}: {_one_line(e)}')
-  return []
+  except SyntaxError as e:  # a config file that is not Python
+    fail(f'config file {e.filename} line {e.lineno}: {e.msg}')
+  if len(rest) > 1:
+    fail(f'unexpected arguments: {" ".join(rest[1:])}')
+  return rest
 
 
-def guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
-  """Wraps an absl main so user errors print one line and exit non-zero."""
+def run(main: Callable[[], object], positional: str | None = None) -> None:
+  """Parses flags, then calls `main()` under the error rule. With
+  `positional`, bare arguments are taken as values of that flag."""
+  if positional:
+    sys.argv = [sys.argv[0]] + [a if a.startswith('-') else f'--{positional}={a}'
+                                for a in sys.argv[1:]]
+
   def wrapper(argv):
+    del argv  # parse_flags refused positional arguments
     logging.set_verbosity(logging.ERROR)  # Orbax logs routine saves at INFO/WARNING
     try:
-      return main(argv)
+      return main()
     except UserError as e:
+      if os.environ.get(DEBUG_ENV) == '1':
+        raise
       fail(str(e))
     except KeyboardInterrupt:
       fail('interrupted', 130)
-  return wrapper
-
-
-def run(main: Callable[[list[str]], object]) -> None:
-  app.run(guarded(main), flags_parser=parse_flags)
+  app.run(wrapper, flags_parser=parse_flags)

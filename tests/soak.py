@@ -1,6 +1,6 @@
 """Pre-emption soak: kill a tiny training run at random moments, resume, repeat.
 
-  python -m ddpm_jax.soak --workdir /tmp/soak --kills 20 [--seed 0]
+  python tests/soak.py --workdir /tmp/soak --kills 20 [--seed 0]
 
 Each round starts `train.py` on the tiny config, waits until it has made
 progress past the last checkpoint, then sends SIGTERM or SIGKILL at a random
@@ -24,7 +24,8 @@ import time
 
 from absl import app, flags
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       'configs', 'tiny.py')
 
 
 @dataclasses.dataclass
@@ -73,21 +74,33 @@ def run_soak(workdir: str, kills: int = 20, num_steps: int = 300,
              checkpoint_every: int = 10, seed: int = 0,
              max_delay_s: float = 1.0) -> dict:
   rng = random.Random(seed)
-  cmd = [sys.executable, os.path.join(_REPO, 'train.py'),
-         f'--config={os.path.join(_REPO, "configs", "tiny.py")}',
+  cmd = [sys.executable, '-m', 'ddpm_jax.cli.train', f'--config={_CONFIG}',
          f'--workdir={workdir}', f'--config.training.num_steps={num_steps}',
          f'--config.training.checkpoint_every={checkpoint_every}',
          '--config.training.log_every=1', '--config.training.keep_checkpoints=3']
   rounds: list[Round] = []
   checked: set[int] = set()
+  # Losses of steps logged past the last checkpoint: the next run repeats
+  # those steps, and must give exactly the same losses.
+  to_repeat: dict[int, float] = {}
+  repeats = mismatches = 0
+
+  def compare_repeats():
+    nonlocal repeats, mismatches
+    for rec in _logged(workdir):
+      if rec['step'] in to_repeat:
+        repeats += 1
+        mismatches += to_repeat.pop(rec['step']) != rec['loss']
+
   t0 = time.time()
   while len(rounds) < kills:
-    seen = len(_logged(workdir))
+    resumed_from = (_checkpoint_steps(workdir) or [0])[-1]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-      if len(_logged(workdir)) > seen:  # this process is training
+      logged = _logged(workdir)
+      if logged and logged[-1]['step'] > resumed_from:  # this process trains
         break
       time.sleep(0.05)
     time.sleep(rng.uniform(0, max_delay_s))
@@ -101,8 +114,11 @@ def run_soak(workdir: str, kills: int = 20, num_steps: int = 300,
     if sig == signal.SIGTERM and proc.returncode != 0:
       raise RuntimeError(f'SIGTERM gave exit code {proc.returncode}: {err[-2000:]}')
     _check_readable(workdir, checked)
+    compare_repeats()
     steps = _checkpoint_steps(workdir)
     logged = _logged(workdir)
+    to_repeat.update({r['step']: r['loss'] for r in logged
+                      if r['step'] > (steps[-1] if steps else 0)})
     rounds.append(Round(sig.name, proc.returncode,
                         logged[-1]['step'] if logged else 0,
                         steps[-1] if steps else None))
@@ -110,17 +126,8 @@ def run_soak(workdir: str, kills: int = 20, num_steps: int = 300,
   if final.returncode:
     raise RuntimeError(f'the final run failed: {final.stderr[-2000:]}')
   _check_readable(workdir, checked)
-
-  # Every step that was run more than once must have given the same loss.
-  first: dict[int, float] = {}
-  repeats = mismatches = 0
-  for rec in _logged(workdir):
-    s, loss = rec['step'], rec['loss']
-    if s in first:
-      repeats += 1
-      mismatches += first[s] != loss
-    else:
-      first[s] = loss
+  compare_repeats()
+  logged_steps = [r['step'] for r in _logged(workdir)]
   lost = {k: [r.steps_lost for r in rounds if r.signal == k]
           for k in ('SIGTERM', 'SIGKILL')}
   return {
@@ -134,23 +141,23 @@ def run_soak(workdir: str, kills: int = 20, num_steps: int = 300,
       'final_step': _checkpoint_steps(workdir)[-1],
       'num_steps': num_steps,
       'repeated_steps': repeats, 'repeated_loss_mismatches': mismatches,
-      'all_steps_logged': sorted(first) == list(range(1, num_steps + 1)),
+      # metrics.jsonl after all the kills: each step once, in order
+      'all_steps_logged_once': logged_steps == list(range(1, num_steps + 1)),
       'wall_time_s': round(time.time() - t0, 1),
   }
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Empty directory.', required=True)
-_KILLS = flags.DEFINE_integer('kills', 20, 'Number of kills.')
-_STEPS = flags.DEFINE_integer('num_steps', 300, 'Steps of the run.')
-_EVERY = flags.DEFINE_integer('checkpoint_every', 10, 'Save interval.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill schedule.')
-
-
 def main(argv):
   del argv
-  print(json.dumps(run_soak(_WORKDIR.value, _KILLS.value, _STEPS.value,
-                            _EVERY.value, _SEED.value), indent=1))
+  f = flags.FLAGS
+  print(json.dumps(run_soak(f.workdir, f.kills, f.num_steps, f.checkpoint_every,
+                            f.seed), indent=1))
 
 
 if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'Empty directory.', required=True)
+  flags.DEFINE_integer('kills', 20, 'Number of kills.')
+  flags.DEFINE_integer('num_steps', 300, 'Steps of the run.')
+  flags.DEFINE_integer('checkpoint_every', 10, 'Save interval.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the kill schedule.')
   app.run(main)

@@ -1,7 +1,6 @@
-"""Sample quality: Fréchet distance and an offline MNIST feature extractor.
+"""The offline MNIST feature extractor and sample-quality metrics.
 
-The FD is computed in float64 with a symmetric, stable matrix square root.
-On MNIST, features are the penultimate layer of a small LeNet-like
+Features are the penultimate layer of a small LeNet-like
 classifier trained on the embedded MNIST-5k with a held-out part (100 images
 per class) left out. The held-out images are the reference set, and their two
 halves give the real-vs-real floor.
@@ -9,7 +8,6 @@ halves give the real-vs-real floor.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -20,28 +18,7 @@ from flax import nnx
 
 from ddpm_jax import data as data_lib
 from ddpm_jax.files import atomic_write
-from ddpm_jax.xla_options import compiler_options
-
-
-def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
-  w, v = np.linalg.eigh((a + a.T) / 2)
-  return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  f = np.asarray(features, np.float64)
-  return f.mean(0), np.cov(f, rowvar=False)
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-  """‖μ1−μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1^½ Σ2 Σ1^½)^½, in float64."""
-  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-  s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-  r1 = _sqrtm_psd(s1)
-  m = r1 @ s2 @ r1
-  tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-  diff = mu1 - mu2
-  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+from ddpm_jax.metrics.fid import feature_stats, frechet_distance
 
 
 class LeNet(nnx.Module):
@@ -174,28 +151,3 @@ def mnist_metrics(model: LeNet, samples: np.ndarray, held: np.ndarray,
       'class_histogram': hist.round(4).tolist(),
       'num_samples': int(len(samples)), 'num_reference': int(len(held)),
   }
-
-
-def bits_per_dim(pipe, x0_BHWC: np.ndarray, batch: int = 64, seed: int = 0) -> dict:
-  """The negative ELBO in bits/dim of images in [-1, 1] (Ho et al., eq. 5),
-  with the model's sampling variance (config.sampling.var_type)."""
-  from ddpm_jax import diffusion
-  var_type = pipe.config.sampling.var_type
-  cond = pipe.num_classes
-
-  @functools.partial(jax.jit, compiler_options=compiler_options())
-  def terms_fn(params, x0, key):
-    y = jnp.full(x0.shape[:1], cond, jnp.int32) if cond else None
-    eps_fn = lambda x, t: pipe.setup.apply(params, x, t, y)
-    return diffusion.vlb_terms_bpd(eps_fn, pipe.setup.schedule, x0, key, var_type)
-  terms, priors = [], []
-  for i in range(0, len(x0_BHWC), batch):
-    t, p = terms_fn(pipe.params, jnp.asarray(x0_BHWC[i:i + batch]),
-                    jax.random.fold_in(jax.random.key(seed), i))
-    terms.append(np.asarray(t))
-    priors.append(np.asarray(p))
-  terms, priors = np.concatenate(terms, 1), np.concatenate(priors)
-  total = terms.sum(0) + priors
-  return {'bpd': float(total.mean()), 'bpd_stderr': float(total.std() / np.sqrt(len(total))),
-          'bpd_decoder_L0': float(terms[0].mean()), 'bpd_prior_LT': float(priors.mean()),
-          'bpd_images': int(len(total)), 'bpd_var_type': var_type}

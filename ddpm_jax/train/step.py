@@ -12,15 +12,15 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax import diffusion
-from ddpm_jax.model import build_model, make_apply, split_model
-from ddpm_jax.schedules import Schedule, get_betas, make_schedule
+from ddpm_jax.models.unet import make_apply, split_model
+from ddpm_jax.schedules import Schedule
 from ddpm_jax.xla_options import compiler_options
 
 
@@ -33,26 +33,23 @@ class TrainState:
   opt_state: Any
   rng: jax.Array           # typed key; step keys are fold_in(rng, step)
 
+  def to_saveable(self) -> dict[str, Any]:
+    """The dict the checkpoint stores (the key as its raw data)."""
+    return {'step': self.step, 'params': self.params,
+            'ema_params': self.ema_params, 'opt_state': self.opt_state,
+            'rng': jax.random.key_data(self.rng)}
+
+  @classmethod
+  def from_saveable(cls, d: dict[str, Any]) -> 'TrainState':
+    return cls(step=d['step'], params=d['params'], ema_params=d['ema_params'],
+               opt_state=d['opt_state'], rng=jax.random.wrap_key_data(d['rng']))
+
 
 def make_optimizer(t_cfg) -> optax.GradientTransformation:
   """Adam with linear warm-up to a constant rate, after global-norm clipping."""
   lr = optax.schedules.warmup_constant_schedule(0.0, t_cfg.learning_rate,
                                                 max(t_cfg.warmup_steps, 1))
   return optax.chain(optax.clip_by_global_norm(t_cfg.grad_clip), optax.adam(lr))
-
-
-def make_mesh(devices=None) -> Mesh:
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices.reshape(-1), ('data',))
-
-
-def betas_from_config(config) -> np.ndarray:
-  d = config.diffusion
-  return get_betas(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
-
-
-def schedule_from_config(config) -> Schedule:
-  return make_schedule(betas_from_config(config))
 
 
 @dataclasses.dataclass
@@ -66,12 +63,9 @@ class Setup:
   num_params: int
 
 
-def init_model_and_state(config) -> tuple[Setup, TrainState]:
+def init_train_state(config) -> tuple[Setup, TrainState]:
   """Builds the UNet and a fresh train state on the host."""
-  d = config.data
-  model = build_model(config.model, d.image_size, d.channels, d.num_classes,
-                      seed=config.seed)
-  graphdef, params_state = split_model(model)
+  graphdef, params_state = split_model(config_lib.model_from_config(config))
   params = nnx.to_pure_dict(params_state)
   tx = make_optimizer(config.training)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -79,52 +73,38 @@ def init_model_and_state(config) -> tuple[Setup, TrainState]:
                      opt_state=tx.init(params),
                      rng=jax.random.key(config.seed))
   setup = Setup(config, graphdef, make_apply(graphdef), tx,
-                schedule_from_config(config),
+                config_lib.schedule_from_config(config),
                 sum(int(x.size) for x in jax.tree.leaves(params)))
   return setup, state
 
 
-def abstract_state(config) -> tuple[Setup, TrainState]:
+def abstract_train_state(config) -> tuple[Setup, TrainState]:
   """Setup and the state's shapes without allocating parameters."""
   holder = {}
 
   def build():
-    setup, state = init_model_and_state(config)
+    setup, state = init_train_state(config)
     holder['setup'] = setup
     return state
   shapes = jax.eval_shape(build)
   # The schedule built inside eval_shape is abstract: rebuild it concretely.
-  setup = dataclasses.replace(holder['setup'], schedule=schedule_from_config(config))
+  setup = dataclasses.replace(holder['setup'],
+                              schedule=config_lib.schedule_from_config(config))
   return setup, shapes
 
 
-def _to_global(x, sharding: NamedSharding) -> jax.Array:
-  """A host value (the same on every process) as a global array; works when
-  the mesh spans devices of other processes, where device_put cannot."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    data = _to_global(jax.random.key_data(x), sharding)
-    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-  x = np.asarray(x)
-  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
-def replicate(state: TrainState, mesh: Mesh) -> TrainState:
-  sharding = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: _to_global(x, sharding), state)
-
-
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's slice of the global batch → one global sharded array."""
-  sharding = NamedSharding(mesh, P('data'))
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in batch.items()}
+def all_finite(tree) -> jax.Array:
+  """True when every element of every array in `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   """train_step(state, batch) -> (state, metrics), jitted and donating state.
 
-  A non-finite loss or gradient leaves the state untouched (metrics report
-  `finite = 0`) so the host can stop or skip without losing good weights.
+  A non-finite loss, gradient, updated parameter or EMA value leaves the
+  state untouched (metrics report `finite = 0`), so the host can stop or skip
+  and no checkpoint ever holds a non-finite value.
   """
   config = setup.config
   t_cfg, d_cfg = config.training, config.data
@@ -153,7 +133,8 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
     decay = jnp.minimum(t_cfg.ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                        state.ema_params, params)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+              & all_finite(ema))
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(
@@ -170,11 +151,3 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   return jax.jit(train_step, donate_argnames='state',
                  out_shardings=(replicated, replicated),
                  compiler_options=compiler_options())
-
-
-if __name__ == '__main__':
-  # python -m ddpm_jax.training configs/*.py  -> parameter count of each config
-  import sys
-  from ddpm_jax.config import load_config_file
-  for path in sys.argv[1:]:
-    print(f'{path}: {abstract_state(load_config_file(path))[0].num_params:,} parameters')

@@ -1,0 +1,76 @@
+"""Samples from a trained checkpoint.
+
+  python sample.py --workdir DIR [--checkpoint STEP] --num 64 --seed 0 \
+      --out samples.png [--npy] [--gif] [--raw] [--batch N]
+  # faster samplers:   --sampler ddim --steps 50 [--eta 0]   |  --sampler dpm++2m --steps 20
+  # class guidance:    --label 7 (or --label 0,1,2) --guidance-scale 3
+  # img2img (SDEdit):  --init-image in.png --strength 0.5
+  # inpainting:        --init-image in.png --mask mask.png   (white = regenerate)
+
+Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
+<stem>.npy, with --gif an animation of the reverse process as <stem>.gif.
+Uses the EMA weights unless --raw. Same as `python -m ddpm_jax.cli.sample`.
+"""
+
+from absl import flags
+
+from ddpm_jax.cli import common
+from ddpm_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir.', required=True)
+_CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Step (default: latest).')
+_NUM = flags.DEFINE_integer('num', 64, 'Number of images.')
+_BATCH = flags.DEFINE_integer('batch', None, 'Images per sampling call '
+                              '(default: by model size, at most 256).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed; same seed, same images.')
+_OUT = flags.DEFINE_string('out', 'samples.png', 'PNG grid path.')
+_NPY = flags.DEFINE_bool('npy', False, 'Also write the raw samples as <stem>.npy.')
+_GIF = flags.DEFINE_bool('gif', False, 'Also write an animation of the reverse '
+                         'process as <stem>.gif.')
+_RAW = flags.DEFINE_bool('raw', False, 'Use the raw weights instead of the EMA.')
+_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m'],
+                             "Sampler (default: the config's).")
+_STEPS = flags.DEFINE_integer('steps', None, "Sampling steps (default: the config's).")
+_ETA = flags.DEFINE_float('eta', None, 'DDIM eta: 0 deterministic, 1 DDPM-like.')
+_CLIP = flags.DEFINE_bool('clip', None, 'Clip the predicted x0 to [-1, 1] (default: on).')
+_SPACING = flags.DEFINE_enum('spacing', None, ['uniform', 'leading', 'trailing'],
+                             'Timestep spacing of a respaced grid.')
+_LABEL = flags.DEFINE_list('label', None, 'Class label(s), e.g. 7 or 0,1,2.')
+_GUIDANCE = flags.DEFINE_float('guidance-scale', None,
+                               'Classifier-free guidance weight w.')
+_INIT = flags.DEFINE_string('init-image', None, 'Input image for img2img or inpainting.')
+_STRENGTH = flags.DEFINE_float('strength', None, 'img2img strength in [0, 1].')
+_MASK = flags.DEFINE_string('mask', None, 'Inpainting mask (white = regenerate).')
+_JUMPS = flags.DEFINE_integer('jumps', 0, 'Inpainting: RePaint resamplings per '
+                              '10-step block (ddpm or ddim).')
+
+
+def _labels() -> list[int] | None:
+  if not _LABEL.value:
+    return None
+  try:
+    return [int(v) for v in _LABEL.value]
+  except ValueError:
+    raise UserError(f'--label takes integers, got {",".join(_LABEL.value)}') from None
+
+
+def main() -> None:
+  from ddpm_jax.pipeline import write_samples  # after flag parsing: fast --help
+  options = {k: v for k, v in dict(eta=_ETA.value, clip_x0=_CLIP.value,
+                                   spacing=_SPACING.value).items() if v is not None}
+  paths = write_samples(
+      _WORKDIR.value, _OUT.value, num=_NUM.value, seed=_SEED.value,
+      checkpoint=_CHECKPOINT.value, use_ema=not _RAW.value, gif=_GIF.value,
+      npy=_NPY.value, labels=_labels(), init_image=_INIT.value, mask=_MASK.value,
+      sampler=_SAMPLER.value, num_steps=_STEPS.value,
+      guidance_scale=_GUIDANCE.value, strength=_STRENGTH.value,
+      jumps=_JUMPS.value, batch_size=_BATCH.value, **options)
+  print('wrote ' + ', '.join(paths))
+
+
+def run() -> None:
+  common.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,54 @@
+"""Trains a DDPM. With no flags: the embedded MNIST-5k default into workdirs/mnist.
+
+  python train.py [--config configs/X.py] [--workdir DIR] [--config.a.b=v ...]
+  python -m ddpm_jax.cli.train ...          (the same command)
+
+Running the same command again with the same workdir resumes from the latest
+checkpoint.
+"""
+
+import os
+
+from absl import flags
+
+from ddpm_jax.cli import common
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CONFIG = common.define_config(os.path.join(_REPO, 'configs', 'mnist.py'),
+                               'Training config file.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config>).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator', None, 'Multi-host: address:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Multi-host with auto-detection (TPU pods, SLURM).')
+_CPU_COLLECTIVES = flags.DEFINE_enum(
+    'cpu_collectives', None, ['gloo', 'mpi'], 'Cross-process collectives on CPU.')
+
+
+def main() -> None:
+  import jax
+  from ddpm_jax.train import loop, runtime  # after flag parsing: keeps --help fast
+  if _CPU_COLLECTIVES.value:
+    jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
+  runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                 _PROCESS_ID.value, _DISTRIBUTED.value)
+  workdir = _WORKDIR.value or os.path.join(
+      'workdirs', os.path.splitext(os.path.basename(common.config_path()))[0])
+  summary = loop.train(_CONFIG.value, workdir)
+  if jax.process_index() == 0:
+    status = 'stopped by SIGTERM' if summary['preempted'] else 'done'
+    print(f"{status}: step {summary['step']}, final loss "
+          f"{summary['final_loss']:.4f}, {summary['wall_time_s']:.0f} s; "
+          f"samples in {workdir}/samples")
+    print(f'next: python sample.py --workdir {workdir} --out samples.png')
+
+
+def run() -> None:
+  common.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,171 @@
+"""The training loop: resume, train, log, sample grids, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from ddpm_jax import checkpoint as ckpt_lib
+from ddpm_jax import config as config_lib
+from ddpm_jax import data as data_lib
+from ddpm_jax import images as images_lib
+from ddpm_jax import samplers as samplers_lib
+from ddpm_jax import sharding
+from ddpm_jax.train import step as step_lib
+from ddpm_jax.train.runtime import (MetricsWriter, Preemption, TrainingError,
+                                    WorkdirLock, prepare_workdir)
+
+
+def train(config, workdir: str, *, progress: bool = True) -> dict:
+  """Trains (or resumes) to `config.training.num_steps`; returns a summary."""
+  config_lib.validate(config, jax.device_count())
+  t_cfg = config.training
+  is_main = jax.process_index() == 0
+  source = data_lib.load_source(config.data)  # fails before touching the workdir
+  prepare_workdir(workdir)
+
+  batches = data_lib.Batches(source, t_cfg.batch_size, config.seed,
+                             jax.process_index(), jax.process_count())
+  mesh = sharding.make_mesh()
+  setup, state = step_lib.init_train_state(config)
+  lock = WorkdirLock(workdir)
+  if is_main:
+    lock.acquire()
+  try:
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=t_cfg.keep_checkpoints)
+    try:
+      latest = ckpt.latest_step()
+      if latest is not None:
+        _, meta = ckpt.read_meta(latest)
+        config_lib.check_compatible(config, config_lib.config_from_dict(meta['config']),
+                                    ckpt.directory)
+        state = step_lib.TrainState.from_saveable(
+            ckpt.restore(latest, state.to_saveable(), mesh))
+      else:
+        state = sharding.replicate(state, mesh)
+      with Preemption() as preempt:
+        return _loop(config, workdir, setup, state, batches, mesh, ckpt,
+                     is_main, progress, preempt)
+    finally:
+      ckpt.wait()
+      ckpt.close()
+  finally:
+    lock.release()
+
+
+class _StepResults:
+  """Host side of the steps: metrics are fetched one step late so the device
+  never idles, and every fetch goes through `flush`."""
+
+  def __init__(self, t_cfg, directory: str):
+    self.t_cfg, self.directory = t_cfg, directory
+    self.pending = None
+    self.skipped = 0
+    self.last_loss = float('nan')
+    self.window_sum, self.window_count = 0.0, 0
+
+  def add(self, step: int, metrics) -> None:
+    self.flush()
+    self.pending = (step, metrics)
+
+  def flush(self) -> None:
+    if self.pending is None:
+      return
+    s, m = self.pending
+    self.pending = None
+    m = jax.device_get(m)
+    if not m['finite']:
+      if self.t_cfg.nan_policy == 'skip' and self.skipped < self.t_cfg.max_skipped_steps:
+        self.skipped += 1
+        return
+      raise TrainingError(f'non-finite loss, gradient or update at step {s} '
+                          f'(loss={float(m["loss"])}); the last good checkpoint '
+                          f'is kept in {self.directory}')
+    self.last_loss = float(m['loss'])
+    self.window_sum += self.last_loss
+    self.window_count += 1
+
+  def take_window_mean(self) -> float:
+    mean = self.window_sum / self.window_count if self.window_count else float('nan')
+    self.window_sum, self.window_count = 0.0, 0
+    return mean
+
+
+def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
+          progress, preempt: Preemption) -> dict:
+  t_cfg, d = config.training, config.data
+  train_step = step_lib.make_train_step(setup, mesh)
+  grid_fn = samplers_lib.make_sample_fn(
+      setup.apply, config_lib.sampler_from_config(config),
+      (t_cfg.num_sample_images, d.image_size, d.image_size, d.channels), mesh,
+      null_label=d.num_classes)
+  writer = MetricsWriter(workdir, is_main)
+  start = int(jax.device_get(state.step))
+  writer.truncate_after(start)
+  if is_main and start:
+    print(f'resuming from checkpoint at step {start} in {ckpt.directory}')
+  pbar = tqdm(total=t_cfg.num_steps, initial=start, disable=not (progress and is_main),
+              dynamic_ncols=True, desc='train')
+  results = _StepResults(t_cfg, ckpt.directory)
+  t0 = t_log = time.time()
+  steps_in_window = 0
+
+  def save(done: int) -> None:
+    results.flush()  # a non-finite step must stop before it is saved
+    ckpt.save(done, state.to_saveable(), {'config': json.loads(config.to_json())})
+
+  for step in range(start, t_cfg.num_steps):
+    batch = sharding.shard_batch(batches.batch(step), mesh)
+    state, metrics = train_step(state, batch)
+    results.add(step, metrics)
+    steps_in_window += 1
+    done = step + 1
+    last = done == t_cfg.num_steps
+    if done % t_cfg.log_every == 0 or last:
+      results.flush()
+      now = time.time()
+      writer.write(done, loss=results.take_window_mean(),
+                   steps_per_sec=steps_in_window / max(now - t_log, 1e-9),
+                   skipped=results.skipped, time=now - t0)
+      t_log, steps_in_window = now, 0
+      pbar.set_postfix(loss=f'{results.last_loss:.4f}')
+    pbar.update(1)
+    stop = preempt.should_stop(done)
+    if done % t_cfg.checkpoint_every == 0 or last or stop:
+      save(done)
+    if stop:  # SIGTERM: the step is finished and saved; exit 0
+      if is_main:
+        print(f'\nSIGTERM: saved a checkpoint at step {done}; run the same '
+              'command to resume', flush=True)
+      break
+    if (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last:
+      _write_grid(grid_fn, state, config, workdir, done, is_main)
+  pbar.close()
+  results.flush()
+  return {'step': int(jax.device_get(state.step)), 'final_loss': results.last_loss,
+          'preempted': preempt.requested, 'num_params': setup.num_params,
+          'skipped_steps': results.skipped, 'wall_time_s': time.time() - t0}
+
+
+def _write_grid(grid_fn, state, config, workdir, step, is_main) -> str:
+  """EMA samples; a class-conditional model gets one row per class."""
+  key = jax.random.fold_in(jax.random.key(config.seed), step)
+  n, nrow = config.training.num_sample_images, None
+  if config.model.class_conditional:
+    k = config.data.num_classes
+    y = np.arange(n, dtype=np.int32) * k // n      # sorted: row r is class r
+    nrow = n // k if n % k == 0 else None
+    x, _ = grid_fn(state.ema_params, key, y,
+                   np.float32(config.sampling.guidance_scale))
+  else:
+    x, _ = grid_fn(state.ema_params, key)
+  x = sharding.gather(x)  # every process takes part in the call
+  path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
+  if is_main:
+    images_lib.save_grid(x, path, nrow=nrow)
+  return path
