@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ddpm_jax.errors import UserError
+from ddpm_jax.files import require_utf8
 
 # What Orbax and TensorStore raise for a checkpoint that is truncated, has the
 # wrong shapes or is missing files; anything else is a bug and keeps its
@@ -34,6 +35,7 @@ class Checkpointer:
   """Checkpoints under `<workdir>/checkpoints`, keeping the last `keep`."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+    require_utf8(workdir, 'workdir')
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointError(f'no checkpoint found in {workdir} (no '

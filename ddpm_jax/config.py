@@ -98,8 +98,42 @@ def model_signature(config) -> dict:
   }
 
 
+# Fields a resumed run must share with its checkpoint, besides the model:
+# they define the experiment (the noise process, the data, the batches).
+# Every other field (num_steps, logging, checkpoint and sample intervals,
+# the optimizer's settings, sampling) may change on resume.
+RESUME_FIXED = ('seed', 'diffusion.schedule', 'diffusion.num_timesteps',
+                'diffusion.beta_start', 'diffusion.beta_end', 'data.name',
+                'data.split', 'data.image_size', 'data.channels',
+                'training.batch_size')
+
+
+def _field(config, dotted: str):
+  value = config
+  for part in dotted.split('.'):
+    value = value.get(part) if hasattr(value, 'get') else None
+  return value
+
+
+def _non_finite(d: dict, prefix: str = '') -> tuple[str, float] | None:
+  """(field, value) of the first NaN or infinite number in a config dict."""
+  for k, v in d.items():
+    if isinstance(v, dict):
+      found = _non_finite(v, f'{prefix}{k}.')
+      if found:
+        return found
+    for x in (v if isinstance(v, (list, tuple)) else [v]):
+      if isinstance(x, float) and not math.isfinite(x):
+        return f'{prefix}{k}', x
+  return None
+
+
 def validate(config, num_devices: int = 1) -> None:
   """Raises ConfigError with one line naming the first problem found."""
+  bad = _non_finite(config.to_dict())
+  if bad:
+    raise ConfigError(f'{bad[0]} is {bad[1]}; every number in a config must '
+                      'be finite')
   t, m, d = config.training, config.model, config.data
   if t.batch_size <= 0:
     raise ConfigError(f'training.batch_size must be positive, got {t.batch_size}')
@@ -168,13 +202,23 @@ def config_from_dict(d: dict) -> ml_collections.ConfigDict:
 
 
 def check_compatible(config, saved, directory: str) -> None:
-  """Raises if the checkpoint's model differs from the config's."""
+  """Raises one line if the checkpoint's model or experiment (RESUME_FIXED)
+  differs from the config's."""
   a, b = model_signature(saved), model_signature(config)
   if a != b:
     diffs = _diff(a, b)
     raise UserError(
         f'the checkpoint in {directory} was made with another model config '
         f'({"; ".join(diffs[:3])}); use a new --workdir or the same config')
+  cosine = config.diffusion.schedule == 'cosine' == saved.diffusion.schedule
+  for name in RESUME_FIXED:
+    if cosine and name.startswith('diffusion.beta_'):
+      continue  # the cosine schedule does not use them
+    old, new = _field(saved, name), _field(config, name)
+    if old != new and not (isinstance(old, (list, tuple)) and list(old) == list(new)):
+      raise UserError(
+          f'cannot resume in {directory}: {name} is {old!r} in the checkpoint '
+          f'but {new!r} now; use a new --workdir, or the same {name}')
 
 
 def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:

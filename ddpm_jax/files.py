@@ -6,7 +6,19 @@ import os
 import tempfile
 from typing import BinaryIO, Callable, Sequence
 
+from ddpm_jax.errors import UserError
+
 Writer = Callable[[BinaryIO], object]
+
+
+def require_utf8(path: str, what: str) -> None:
+  """Orbax and TensorStore cannot open paths that are not valid UTF-8 (on
+  POSIX such bytes arrive as surrogates); refuse them with one line."""
+  try:
+    path.encode('utf-8')
+  except UnicodeEncodeError:
+    raise UserError(f'{what} {path.encode("utf-8", "backslashreplace").decode()} '
+                    'is not a valid UTF-8 path') from None
 
 
 def atomic_write_all(paths: Sequence[str], writers: Sequence[Writer]) -> None:

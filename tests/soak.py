@@ -95,13 +95,18 @@ def run_soak(workdir: str, kills: int = 20, num_steps: int = 300,
   t0 = time.time()
   while len(rounds) < kills:
     resumed_from = (_checkpoint_steps(workdir) or [0])[-1]
+    started = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 300
+    deadline = started + 300
+    metrics = os.path.join(workdir, 'metrics.jsonl')
     while time.time() < deadline and proc.poll() is None:
-      logged = _logged(workdir)
-      if logged and logged[-1]['step'] > resumed_from:  # this process trains
-        break
+      # This process trains once it has rewritten the file (dropping the
+      # steps after the checkpoint) and logged a step past the checkpoint.
+      if os.path.exists(metrics) and os.path.getmtime(metrics) > started:
+        logged = _logged(workdir)
+        if logged and logged[-1]['step'] > resumed_from:
+          break
       time.sleep(0.05)
     time.sleep(rng.uniform(0, max_delay_s))
     if proc.poll() is not None:

@@ -178,3 +178,77 @@ def test_unknown_key_on_the_default_config_and_unprepared_data(tmp_path):
            f'--config.data.data_dir={tmp_path / "tfds"}', f'--workdir={tmp_path / "b"}')
   _assert_one_line_error(r, "TFDS dataset 'cifar10'", 'download_and_prepare')
   assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
+
+
+def test_sample_writes_only_the_files_named(trained, tmp_path):
+  out = tmp_path / 'x.png'
+  for name in ('x.npy', 'x.gif'):
+    (tmp_path / name).write_bytes(b'mine')
+  r = _run('sample.py', f'--workdir={trained}', '--num=2', f'--out={out}')
+  assert r.returncode == 0, r.stderr
+  assert out.is_file()
+  assert (tmp_path / 'x.npy').read_bytes() == (tmp_path / 'x.gif').read_bytes() == b'mine'
+
+
+def test_sample_bad_inputs_are_one_line_before_sampling(trained, tmp_path):
+  from PIL import Image
+  keep = tmp_path / 'keep.png'
+  keep.write_bytes(b'previous')
+  good = tmp_path / 'digit.png'
+  Image.new('L', (8, 8)).save(good)
+  corrupt = tmp_path / 'corrupt.png'
+  corrupt.write_bytes(good.read_bytes()[:40] + b'\x00' * 20 + good.read_bytes()[60:])
+  huge = tmp_path / 'huge.png'   # a header that declares 100000 x 100000 pixels
+  data = bytearray(good.read_bytes())
+  data[16:24] = (100000).to_bytes(4, 'big') * 2
+  huge.write_bytes(bytes(data))
+  (tmp_path / 'adir.png').mkdir()
+  cases = [
+      (['--guidance-scale=nan'], 'guidance scale'),
+      (['--sampler=ddim', '--eta=nan'], 'eta must be a finite number'),
+      (['--sampler=ddim', '--eta=-1'], 'eta must be a finite number'),
+      (['--steps=0'], 'number of steps must be in [1, 50], got 0'),
+      ([f'--init-image={corrupt}', '--strength=0.5'], 'not a readable image'),
+      ([f'--init-image={huge}', '--strength=0.5'], 'not a readable image'),
+      ([f'--init-image={good}', '--strength=nan'], 'strength must be in [0, 1]'),
+      ([f'--out={tmp_path / "adir.png"}'], 'is a directory'),
+  ]
+  for args, needle in cases:
+    r = _run('sample.py', f'--workdir={trained}', '--num=2', f'--out={keep}', *args)
+    _assert_one_line_error(r, needle)
+    assert r.returncode == 2
+  assert keep.read_bytes() == b'previous'
+
+
+def test_train_refuses_nan_config_values_and_other_experiments(trained, tmp_path):
+  r = _run('train.py', f'--config={TINY}', f'--workdir={tmp_path / "n"}',
+           '--config.training.learning_rate=nan')
+  _assert_one_line_error(r, 'training.learning_rate is nan')
+  assert not (tmp_path / 'n').exists()
+  before = _snapshot(trained)
+  for args, needle in [
+      (['--config.diffusion.num_timesteps=10'], 'diffusion.num_timesteps is 50 in the checkpoint but 10'),
+      (['--config.diffusion.schedule=cosine'], "diffusion.schedule is 'linear' in the checkpoint but 'cosine'"),
+      (['--config.training.batch_size=16'], 'training.batch_size is 8 in the checkpoint but 16'),
+      (['--config.seed=1'], 'seed is 0 in the checkpoint but 1')]:
+    r = _run('train.py', f'--config={TINY}', f'--workdir={trained}',
+             '--config.training.num_steps=9', *args)
+    _assert_one_line_error(r, 'cannot resume', needle)
+  assert _snapshot(trained) == before
+
+
+def test_non_utf8_workdir_is_one_line(tmp_path):
+  bad = os.fsencode(str(tmp_path)) + b'/\xff\xfe'
+  r = subprocess.run([sys.executable, os.path.join(REPO, 'sample.py'),
+                      b'--workdir=' + bad, f'--out={tmp_path / "s.png"}'],
+                     capture_output=True, text=True, cwd=REPO, timeout=300)
+  _assert_one_line_error(r, 'does not exist')
+
+
+def test_non_utf8_workdir_for_training_is_one_line(tmp_path):
+  bad = os.fsencode(str(tmp_path)) + b'/\xff\xfe'
+  r = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), f'--config={TINY}',
+                      b'--workdir=' + bad], capture_output=True, text=True, cwd=REPO,
+                     timeout=300)
+  _assert_one_line_error(r, 'is not a valid UTF-8 path')
+  assert os.listdir(tmp_path) == []

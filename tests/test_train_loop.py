@@ -42,6 +42,27 @@ def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path):
   assert f'done: step {steps[0] + 2}' in r.stdout
 
 
+def test_sigterm_while_starting_exits_zero(tmp_path):
+  """SIGTERM during imports, restore or compile: a clean exit 0, no step lost."""
+  wd = tmp_path / 'wd'
+  args = [sys.executable, os.path.join(REPO, 'train.py'),
+          f'--config={os.path.join(REPO, "configs", "tiny.py")}', f'--workdir={wd}']
+  r = subprocess.run(args, capture_output=True, text=True, timeout=240)
+  assert r.returncode == 0, r.stderr           # a checkpoint at step 6 to restore
+  for delay in (0.5, 2.0):
+    proc = subprocess.Popen(args + ['--config.training.num_steps=12'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert 'stopped by SIGTERM' in out
+    print(f'SIGTERM {delay} s after start: exit 0 after {time.time() - t0:.1f} s')
+  steps = sorted(int(s) for s in os.listdir(wd / 'checkpoints'))
+  assert steps[-1] >= 6
+
+
 def test_short_bfloat16_run_has_no_nans(tiny_config):
   from ddpm_jax import data as data_lib, sharding
   from ddpm_jax.train import step as step_lib

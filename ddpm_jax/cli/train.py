@@ -8,6 +8,8 @@ checkpoint.
 """
 
 import os
+import signal
+import threading
 
 from absl import flags
 
@@ -28,6 +30,9 @@ _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'], 'Cross-process collectives on CPU.')
 
 
+_SIGTERM = threading.Event()  # set by a SIGTERM from the moment run() starts
+
+
 def main() -> None:
   import jax
   from ddpm_jax.train import loop, runtime  # after flag parsing: keeps --help fast
@@ -37,7 +42,7 @@ def main() -> None:
                                  _PROCESS_ID.value, _DISTRIBUTED.value)
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', os.path.splitext(os.path.basename(common.config_path()))[0])
-  summary = loop.train(_CONFIG.value, workdir)
+  summary = loop.train(_CONFIG.value, workdir, sigterm=_SIGTERM)
   if jax.process_index() == 0:
     status = 'stopped by SIGTERM' if summary['preempted'] else 'done'
     print(f"{status}: step {summary['step']}, final loss "
@@ -47,6 +52,9 @@ def main() -> None:
 
 
 def run() -> None:
+  # Before flag parsing and the slow imports: a SIGTERM while starting is
+  # kept, and train() ends with exit 0 before its first step.
+  signal.signal(signal.SIGTERM, lambda *_: _SIGTERM.set())
   common.run(main)
 
 

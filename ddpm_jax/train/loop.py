@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import jax
@@ -21,8 +22,15 @@ from ddpm_jax.train.runtime import (MetricsWriter, Preemption, TrainingError,
                                     WorkdirLock, prepare_workdir)
 
 
-def train(config, workdir: str, *, progress: bool = True) -> dict:
-  """Trains (or resumes) to `config.training.num_steps`; returns a summary."""
+def train(config, workdir: str, *, progress: bool = True,
+          sigterm: threading.Event | None = None) -> dict:
+  """Trains (or resumes) to `config.training.num_steps`; returns a summary.
+  `sigterm`: an event a command's own early SIGTERM handler sets."""
+  with Preemption(sigterm) as preempt:
+    return _train(config, workdir, progress, preempt)
+
+
+def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   config_lib.validate(config, jax.device_count())
   t_cfg = config.training
   is_main = jax.process_index() == 0
@@ -48,9 +56,8 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
             ckpt.restore(latest, state.to_saveable(), mesh))
       else:
         state = sharding.replicate(state, mesh)
-      with Preemption() as preempt:
-        return _loop(config, workdir, setup, state, batches, mesh, ckpt,
-                     is_main, progress, preempt)
+      return _loop(config, workdir, setup, state, batches, mesh, ckpt,
+                   is_main, progress, preempt)
     finally:
       ckpt.wait()
       ckpt.close()
@@ -106,13 +113,19 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
       null_label=d.num_classes)
   writer = MetricsWriter(workdir, is_main)
   start = int(jax.device_get(state.step))
+  t0 = t_log = time.time()
+  if preempt.should_stop(start):  # SIGTERM while starting: nothing new to save
+    if is_main:
+      print(f'SIGTERM before the first step; nothing trained since step {start}',
+            flush=True)
+    return {'step': start, 'final_loss': float('nan'), 'preempted': True,
+            'num_params': setup.num_params, 'skipped_steps': 0, 'wall_time_s': 0.0}
   writer.truncate_after(start)
   if is_main and start:
     print(f'resuming from checkpoint at step {start} in {ckpt.directory}')
   pbar = tqdm(total=t_cfg.num_steps, initial=start, disable=not (progress and is_main),
               dynamic_ncols=True, desc='train')
   results = _StepResults(t_cfg, ckpt.directory)
-  t0 = t_log = time.time()
   steps_in_window = 0
 
   def save(done: int) -> None:

@@ -14,6 +14,7 @@ import uuid
 import jax
 
 from ddpm_jax.errors import UserError
+from ddpm_jax.files import require_utf8
 
 
 class TrainingError(UserError):
@@ -22,6 +23,7 @@ class TrainingError(UserError):
 
 def prepare_workdir(workdir: str) -> None:
   """Creates the workdir and proves it writable, or raises one clear line."""
+  require_utf8(workdir, 'workdir')
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.write_test_{uuid.uuid4().hex}')
@@ -74,12 +76,19 @@ class Preemption:
   that `jax.distributed` installs must stay in place: it tells the
   coordination service, and every process then stops at the same step
   through `reached_preemption_sync_point`.
+
+  `event` may be one a command set from its own early handler, so a SIGTERM
+  during start-up (imports, restore, compile) is not lost.
   """
 
-  def __init__(self):
-    self.requested = False
+  def __init__(self, event: threading.Event | None = None):
+    self.event = event or threading.Event()
     self._old = None
     self._multi = jax.process_count() > 1
+
+  @property
+  def requested(self) -> bool:
+    return self.event.is_set()
 
   def __enter__(self):
     if not self._multi and threading.current_thread() is threading.main_thread():
@@ -87,14 +96,14 @@ class Preemption:
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    self.event.set()
 
   def should_stop(self, step: int) -> bool:
     """Whether to checkpoint and exit after `step` (the same on every host)."""
     if self._multi:
       from jax.experimental import multihost_utils
       if multihost_utils.reached_preemption_sync_point(step):
-        self.requested = True
+        self.event.set()
     return self.requested
 
   def __exit__(self, *exc):
