@@ -90,3 +90,22 @@ def test_warmup_learning_rate(tiny_config):
   assert np.allclose(u0['w'], 0.0)  # lr is 0 at step 0 of the warm-up
   u1, s = tx.update(g, s, p)
   assert np.all(np.asarray(u1['w']) < 0)
+
+
+def test_a_non_finite_update_is_not_applied(tiny_config):
+  """Finite loss and gradients but a NaN learning rate: the guard sees the
+  update, so neither params nor EMA take it (validation refuses NaN configs;
+  this is the guard behind it)."""
+  tiny_config.training.learning_rate = float('nan')
+  tiny_config.training.warmup_steps = 0
+  batches = _batches(tiny_config, 2)
+  setup, state = step_lib.init_train_state(tiny_config)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
+  before = jax.device_get((state.params, state.ema_params))
+  step = step_lib.make_train_step(setup, mesh)
+  for b in batches:
+    state, m = step(state, sharding.shard_batch(b, mesh))
+    assert np.isfinite(float(m['loss'])) and np.isfinite(float(m['grad_norm']))
+    assert int(m['finite']) == 0
+  chex.assert_trees_all_equal(jax.device_get((state.params, state.ema_params)), before)
