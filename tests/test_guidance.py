@@ -158,3 +158,17 @@ def test_repaint_schedule_and_jumps_keep_known_pixels(tiny_config):
   assert not np.allclose(jumped, plain)
   with pytest.raises(UserError, match='single-step sampler'):
     pipe.sample(num=2, sampler='dpm++2m', num_steps=20, init_image=x, mask=mask, jumps=1)
+
+
+def test_sampling_in_batches(cond_config):
+  """num > batch: several calls of one compiled scan; the first batch is the
+  images of a run of that size with the same seed; labels follow the images."""
+  pipe = _pipeline(cond_config)
+  kw = dict(seed=3, sampler='ddim', num_steps=5, labels=[1, 2, 3, 4, 5], guidance_scale=2.0)
+  a = pipe.sample(num=5, batch_size=2, **kw)
+  assert a.shape == (5, 8, 8, 1) and np.isfinite(a).all()
+  b = pipe.sample(num=2, **{**kw, 'labels': [1, 2]})
+  np.testing.assert_array_equal(a[:2], b)
+  assert not np.allclose(a[2:4], b)
+  with pytest.raises(UserError, match='batch size must be positive'):
+    pipe.sample(num=2, batch_size=0)
