@@ -10,6 +10,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from ddpm_jax import diffusion
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax.errors import UserError
 from ddpm_jax.schedules import BETA_SCHEDULES, Schedule, get_betas, make_schedule
@@ -53,18 +54,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_groups = 8
   c.model.class_conditional = False
   c.model.dtype = 'float32'
+  c.model.patch_size = 1          # >1: space-to-depth before the UNet
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = 'linear'
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 1e-4   # linear and sigmoid only: the cosine
   c.diffusion.beta_end = 0.02     # schedule is defined by its ᾱ alone
+  c.diffusion.prediction = 'eps'  # what the UNet predicts: 'eps', 'x0' or 'v'
+  c.diffusion.loss_weighting = 'none'  # or 'min_snr' (Hang et al., 2023)
+  c.diffusion.min_snr_gamma = 5.0
 
   c.training = ml_collections.ConfigDict()
   c.training.batch_size = 32
   c.training.num_steps = 1000
   c.training.learning_rate = 2e-3
   c.training.warmup_steps = 100
+  c.training.lr_decay = 'none'     # or 'cosine': to 0 at num_steps
   c.training.grad_clip = 1.0
   c.training.ema_decay = 0.995
   c.training.label_dropout = 0.1   # classifier-free guidance label drop rate
@@ -103,7 +109,8 @@ def model_signature(config) -> dict:
 # Every other field (num_steps, logging, checkpoint and sample intervals,
 # the optimizer's settings, sampling) may change on resume.
 RESUME_FIXED = ('seed', 'diffusion.schedule', 'diffusion.num_timesteps',
-                'diffusion.beta_start', 'diffusion.beta_end', 'data.name',
+                'diffusion.beta_start', 'diffusion.beta_end',
+                'diffusion.prediction', 'data.name',
                 'data.split', 'data.image_size', 'data.channels',
                 'training.batch_size')
 
@@ -153,6 +160,8 @@ def validate(config, num_devices: int = 1) -> None:
   if t.learning_rate <= 0 or t.warmup_steps < 0 or t.grad_clip <= 0:
     raise ConfigError('training.learning_rate and grad_clip must be positive, '
                       'warmup_steps non-negative')
+  if t.lr_decay not in ('none', 'cosine'):
+    raise ConfigError(f"training.lr_decay must be 'none' or 'cosine', got {t.lr_decay!r}")
   if not 0.0 <= m.dropout < 1.0:
     raise ConfigError(f'model.dropout must be in [0, 1), got {m.dropout}')
   if m.ch <= 0 or m.num_res_blocks <= 0 or not m.ch_mult:
@@ -161,12 +170,15 @@ def validate(config, num_devices: int = 1) -> None:
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"model.dtype must be 'float32', 'bfloat16' or 'float16', "
                       f'got {m.dtype!r}')
-  factor = 2 ** (len(m.ch_mult) - 1)
+  if m.patch_size < 1:
+    raise ConfigError(f'model.patch_size must be >= 1, got {m.patch_size}')
+  factor = 2 ** (len(m.ch_mult) - 1) * m.patch_size
   if d.image_size <= 0 or d.image_size % factor:
+    patch = f' and patch_size={m.patch_size}' if m.patch_size > 1 else ''
     raise ConfigError(
         f'data.image_size={d.image_size} cannot be halved {len(m.ch_mult) - 1} '
-        f'times by a UNet with ch_mult={tuple(m.ch_mult)}; use a multiple of '
-        f'{factor}')
+        f'times by a UNet with ch_mult={tuple(m.ch_mult)}{patch}; use a '
+        f'multiple of {factor}')
   for c in {m.ch * k for k in m.ch_mult} | {m.ch}:
     if c % m.num_groups:
       raise ConfigError(f'model.num_groups={m.num_groups} does not divide the '
@@ -178,6 +190,15 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError('diffusion.num_timesteps must be at least 2')
   if not 0 < config.diffusion.beta_start < config.diffusion.beta_end < 1:
     raise ConfigError('diffusion betas need 0 < beta_start < beta_end < 1')
+  if config.diffusion.prediction not in diffusion.PREDICTIONS:
+    raise ConfigError(f'diffusion.prediction={config.diffusion.prediction!r} is '
+                      f'not one of {list(diffusion.PREDICTIONS)}')
+  if config.diffusion.loss_weighting not in diffusion.LOSS_WEIGHTINGS:
+    raise ConfigError(f'diffusion.loss_weighting={config.diffusion.loss_weighting!r}'
+                      f' is not one of {list(diffusion.LOSS_WEIGHTINGS)}')
+  if not config.diffusion.min_snr_gamma > 0:
+    raise ConfigError('diffusion.min_snr_gamma must be positive, got '
+                      f'{config.diffusion.min_snr_gamma}')
   if d.channels not in (1, 3):
     raise ConfigError(f'data.channels must be 1 or 3, got {d.channels}')
   if m.class_conditional and d.num_classes <= 0:
@@ -197,8 +218,16 @@ def validate(config, num_devices: int = 1) -> None:
 
 
 def config_from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A config saved as JSON (in a checkpoint) as a ConfigDict again."""
-  return ml_collections.ConfigDict(d)
+  """A config saved as JSON (in a checkpoint) as a ConfigDict again. Fields
+  added to the base config since it was saved get their defaults, which are
+  what the older code did (e.g. diffusion.prediction = 'eps')."""
+  def merge(base: dict, saved: dict) -> dict:
+    out = dict(base)
+    for k, v in saved.items():
+      out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(
+          base.get(k), dict) else v
+    return out
+  return ml_collections.ConfigDict(merge(base_config().to_dict(), d))
 
 
 def check_compatible(config, saved, directory: str) -> None:
@@ -239,6 +268,19 @@ def betas_from_config(config) -> np.ndarray:
 
 def schedule_from_config(config) -> Schedule:
   return make_schedule(betas_from_config(config))
+
+
+def eps_apply_from_config(config, apply):
+  """The network's apply as an ε-predictor, for samplers and bits/dim."""
+  return diffusion.eps_apply(apply, schedule_from_config(config),
+                             config.diffusion.prediction)
+
+
+def loss_from_config(config):
+  """loss(out_fn, x0, key) for the config's prediction target and weighting."""
+  d = config.diffusion
+  return diffusion.make_loss(schedule_from_config(config), d.prediction,
+                             d.loss_weighting, d.min_snr_gamma)
 
 
 def model_from_config(config):

@@ -250,7 +250,8 @@ def open_pipeline(workdir: str, step: int | None = None,
     ckpt.close()
   config = config_lib.config_from_dict(meta['config'])
   graphdef, _ = abstract_params(config)
-  return Pipeline(config, make_apply(graphdef), None, mesh or sharding.make_mesh(),
+  apply = config_lib.eps_apply_from_config(config, make_apply(graphdef))
+  return Pipeline(config, apply, None, mesh or sharding.make_mesh(),
                   step)
 
 
@@ -269,7 +270,9 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
                   labels: Sequence[int] | None = None,
                   init_image: str | None = None, mask: str | None = None,
                   progress: bool = True, **sample_kwargs) -> list[str]:
-  """Samples `num` images into the PNG grid `out`; with `npy`, the raw
+  """Samples `num` images into the PNG grid `out` (a class-conditional
+  model: `labels` default to every class in turn and `guidance_scale` to the
+  config's, as in the training grid; 0 gives unconditional samples); with `npy`, the raw
   samples in [-1, 1] into <stem>.npy; with `gif`, the reverse process into
   <stem>.gif. Every check runs before sampling; every file is written to a
   temporary name first and renamed over its target only when all succeeded,
@@ -283,6 +286,11 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   if not os.path.isdir(workdir):
     raise UserError(f'workdir {workdir} does not exist')
   pipe = open_pipeline(workdir, checkpoint)
+  if pipe.num_classes:  # as the training grid: every class, the config's w
+    if labels is None:
+      labels = list(range(pipe.num_classes))
+    if sample_kwargs.get('guidance_scale') is None:
+      sample_kwargs['guidance_scale'] = pipe.config.sampling.guidance_scale
   c = pipe.config.data.channels
   x_init = images_lib.read_image(init_image, c, '--init-image') if init_image else None
   m = None

@@ -60,6 +60,9 @@ def trained(tmp_path_factory):
     (['--config.training.batch_size=0'], ['batch_size must be positive']),
     (['--config.training.batch_size=6'], ['does not divide over 4 devices']),
     (['--config.data.image_size=9'], ['image_size=9 cannot be halved']),
+    (['--config.diffusion.prediction=score'], ["diffusion.prediction='score'"]),
+    (['--config.diffusion.loss_weighting=p2'], ["diffusion.loss_weighting='p2'"]),
+    (['--config.diffusion.min_snr_gamma=0'], ['min_snr_gamma must be positive']),
     (['--config=configs/missing.py'], ['config file configs/missing.py does not exist']),
 ])
 def test_train_rejects_bad_config(args, needles, tmp_path):
@@ -230,7 +233,8 @@ def test_train_refuses_nan_config_values_and_other_experiments(trained, tmp_path
       (['--config.diffusion.num_timesteps=10'], 'diffusion.num_timesteps is 50 in the checkpoint but 10'),
       (['--config.diffusion.schedule=cosine'], "diffusion.schedule is 'linear' in the checkpoint but 'cosine'"),
       (['--config.training.batch_size=16'], 'training.batch_size is 8 in the checkpoint but 16'),
-      (['--config.seed=1'], 'seed is 0 in the checkpoint but 1')]:
+      (['--config.seed=1'], 'seed is 0 in the checkpoint but 1'),
+      (['--config.diffusion.prediction=v'], "diffusion.prediction is 'eps' in the checkpoint but 'v'")]:
     r = _run('train.py', f'--config={TINY}', f'--workdir={trained}',
              '--config.training.num_steps=9', *args)
     _assert_one_line_error(r, 'cannot resume', needle)

@@ -111,3 +111,69 @@ def test_vlb_terms_of_the_true_posterior_model():
   assert float(terms[0].min()) > 0 and float(prior.max()) < 0.1
   large, _ = diffusion.vlb_terms_bpd(exact_eps, s, x0, key, 'fixedlarge')
   assert float(large[1:].sum()) > 0.01  # beta > beta-tilde costs bits
+
+
+def _f64_schedule():
+  b = np.asarray(schedules.linear_betas(), np.float64)
+  ab = np.cumprod(1 - b)
+  return ab, ab / (1 - ab)
+
+
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+def test_each_target_converts_back_to_the_true_noise(prediction):
+  """Feeding the exact target of x0-, v- or ε-prediction gives back ε (float64
+  formulas: v = √ᾱ ε - √(1-ᾱ) x0)."""
+  ab, _ = _f64_schedule()
+  rng = np.random.default_rng(0)
+  x0 = rng.uniform(-1, 1, (6, 4, 4, 1))
+  noise = rng.normal(size=x0.shape)
+  t = np.array([0, 1, 10, 300, 900, 999])
+  a = ab[t][:, None, None, None]
+  x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+  want = {'eps': noise, 'x0': x0, 'v': np.sqrt(a) * noise - np.sqrt(1 - a) * x0}
+  j = lambda v: jnp.asarray(v, jnp.float32)
+  target = diffusion.prediction_target(S, prediction, j(x0), jnp.asarray(t), j(noise))
+  np.testing.assert_allclose(target, want[prediction], atol=1e-5)
+  eps = diffusion.eps_from_prediction(S, prediction, j(want[prediction]), j(x_t),
+                                      jnp.asarray(t))
+  tol = {'x0': 2e-3, 'v': 1e-5, 'eps': 0}[prediction]  # x0: ÷√(1-ᾱ_0) = ÷0.01
+  np.testing.assert_allclose(eps, noise, atol=tol)
+  apply = lambda params, x, tt: params * 0 + j(want[prediction])
+  np.testing.assert_allclose(
+      diffusion.eps_apply(apply, S, prediction)(0.0, j(x_t), jnp.asarray(t)),
+      noise, atol=tol)
+
+
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+def test_min_snr_weights_are_the_same_in_eps_space(prediction):
+  """min-SNR-γ (Hang et al., 2023): in ε-space every target gets min(SNR, γ)/SNR;
+  a target's own squared error is its ε error times 1/SNR (x0), 1 (ε) or
+  (SNR+1)/SNR (v)."""
+  _, snr = _f64_schedule()
+  w = np.asarray(diffusion.loss_weights(S, prediction, 'min_snr', 5.0), np.float64)
+  # a target's squared error per unit of squared ε error
+  own_to_eps = {'eps': 1.0, 'x0': 1.0 / snr, 'v': (snr + 1) / snr}[prediction]
+  # the schedule is float32 on device: 1e-3 relative
+  np.testing.assert_allclose(w * own_to_eps, np.minimum(snr, 5.0) / snr, rtol=1e-3)
+  np.testing.assert_array_equal(diffusion.loss_weights(S, prediction), np.ones(1000))
+  with pytest.raises(ValueError, match='loss weighting'):
+    diffusion.loss_weights(S, prediction, 'p2')
+
+
+def test_make_loss_eps_unweighted_is_l_simple_and_zero_at_the_target():
+  x0 = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1), minval=-1, maxval=1)
+  key = jax.random.key(2)
+  model = lambda x, t: jnp.tanh(x) * 0.3
+  assert float(diffusion.make_loss(S)(model, x0, key)) == float(
+      diffusion.l_simple(model, S, x0, key))
+  for prediction in ('x0', 'v'):   # a model returning the exact target scores 0
+    def oracle(x_t, t_B):
+      t_key, n_key = jax.random.split(key)
+      noise = jax.random.normal(n_key, x0.shape)
+      t = jax.random.randint(t_key, (4,), 0, 1000)
+      return diffusion.prediction_target(S, prediction, x0, t, noise)
+    loss = diffusion.make_loss(S, prediction, 'min_snr')
+    assert float(loss(oracle, x0, key)) < 1e-10
+    assert float(loss(model, x0, key)) > 1e-3
+  with pytest.raises(ValueError, match='prediction'):
+    diffusion.make_loss(S, 'score')

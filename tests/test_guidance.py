@@ -20,7 +20,7 @@ def _pipeline(config, wrap=None):
   if wrap:
     setup = dataclasses.replace(setup, apply=wrap(setup.apply))
   params = jax.tree.map(lambda p: p + 0.02, state.ema_params)  # non-trivial output
-  return Pipeline(config, setup.apply, params, sharding.make_mesh(), 0)
+  return Pipeline(config, setup.eps_apply, params, sharding.make_mesh(), 0)
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_trained_conditional_model_draws_the_requested_class(cond_config):
     b -= 0.1 * float(np.mean(p - labels))
   assert np.mean((x_real @ w + b > 0) == labels) > 0.97
 
-  pipe = Pipeline(c, setup.apply, state.ema_params, mesh, 300)
+  pipe = Pipeline(c, setup.eps_apply, state.ema_params, mesh, 300)
   x = pipe.sample(num=64, seed=0, labels=[0, 1], guidance_scale=4.0)
   want = np.repeat([0, 1], 32)
   acc = np.mean((x.reshape(64, -1) @ w + b > 0) == want)

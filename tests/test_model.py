@@ -116,3 +116,31 @@ def test_group_norm_matches_float64_reference_and_nnx():
   np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref_mod(x)), atol=2e-5)
   # same parameter tree as nnx.GroupNorm: checkpoints stay compatible
   assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(ref_mod))
+
+
+def test_space_to_depth_folds_patches_and_inverts():
+  from ddpm_jax.models.unet import depth_to_space, space_to_depth
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  y = space_to_depth(x, 2)
+  assert y.shape == (2, 2, 3, 12)
+  # pixel (1, 2) of the folded image holds the 2x2 patch at rows 2-3, cols 4-5
+  np.testing.assert_array_equal(y[0, 1, 2].reshape(2, 2, 3), x[0, 2:4, 4:6])
+  np.testing.assert_array_equal(depth_to_space(y, 2), x)
+  assert space_to_depth(x, 1) is x
+
+
+def test_patch_size_runs_the_unet_at_lower_resolution():
+  c = config_lib.base_config()
+  c.model.patch_size = 2
+  c.model.ch_mult = (1, 2)
+  c.model.attn_resolutions = (7,)
+  config_lib.validate(c)
+  graphdef, params = split_model(config_lib.model_from_config(c))
+  assert params['conv_in']['kernel'].shape == (3, 3, 4, 32)
+  assert params['conv_out']['kernel'].shape == (3, 3, 32, 4)
+  x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+  out = make_apply(graphdef)(params, x, jnp.array([3, 500]))
+  assert out.shape == x.shape
+  c.model.ch_mult = (1, 2, 2)   # 28 / 2 = 14 -> 7 -> cannot halve again
+  with pytest.raises(config_lib.ConfigError, match='patch_size=2; use a multiple of 8'):
+    config_lib.validate(c)

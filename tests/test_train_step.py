@@ -92,6 +92,28 @@ def test_warmup_learning_rate(tiny_config):
   assert np.all(np.asarray(u1['w']) < 0)
 
 
+def test_cosine_lr_decay_reaches_zero_at_num_steps(tiny_config):
+  t = tiny_config.training
+  t.learning_rate, t.warmup_steps, t.num_steps = 1.0, 2, 10
+  p = {'w': np.ones(1, np.float32)}
+  g = {'w': np.ones(1, np.float32)}
+
+  def step_sizes(decay):
+    t.lr_decay = decay
+    tx = step_lib.make_optimizer(t)
+    s = tx.init(p)
+    out = []
+    for _ in range(11):
+      u, s = tx.update(g, s, p)
+      out.append(-float(u['w'][0]))   # Adam's step on a constant gradient: lr
+    return np.array(out)
+  const, cos = step_sizes('none'), step_sizes('cosine')
+  np.testing.assert_allclose(const[2:], 1.0, rtol=1e-3)
+  np.testing.assert_allclose(cos[:3], const[:3], rtol=1e-6)   # same warm-up
+  np.testing.assert_allclose(cos[6], 0.5, rtol=1e-3)          # half-way: lr/2
+  assert cos[10] < 1e-6 and np.all(np.diff(cos[2:]) < 0)
+
+
 def test_a_non_finite_update_is_not_applied(tiny_config):
   """Finite loss and gradients but a NaN learning rate: the guard sees the
   update, so neither params nor EMA take it (validation refuses NaN configs;

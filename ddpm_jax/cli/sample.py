@@ -4,6 +4,8 @@
       --out samples.png [--npy] [--gif] [--raw] [--batch N]
   # faster samplers:   --sampler ddim --steps 50 [--eta 0]   |  --sampler dpm++2m --steps 20
   # class guidance:    --label 7 (or --label 0,1,2) --guidance-scale 3
+  #   (a class-conditional model draws every class in turn at the config's
+  #   guidance scale unless told; --guidance-scale 0 is unconditional)
   # img2img (SDEdit):  --init-image in.png --strength 0.5
   # inpainting:        --init-image in.png --mask mask.png   (white = regenerate)
 
@@ -37,7 +39,8 @@ _SPACING = flags.DEFINE_enum('spacing', None, ['uniform', 'leading', 'trailing']
                              'Timestep spacing of a respaced grid.')
 _LABEL = flags.DEFINE_list('label', None, 'Class label(s), e.g. 7 or 0,1,2.')
 _GUIDANCE = flags.DEFINE_float('guidance-scale', None,
-                               'Classifier-free guidance weight w.')
+                               "Classifier-free guidance weight w (default: the "
+                               "config's sampling.guidance_scale).")
 _INIT = flags.DEFINE_string('init-image', None, 'Input image for img2img or inpainting.')
 _STRENGTH = flags.DEFINE_float('strength', None, 'img2img strength in [0, 1].')
 _MASK = flags.DEFINE_string('mask', None, 'Inpainting mask (white = regenerate).')

@@ -135,7 +135,7 @@ def mnist_metrics(model: LeNet, samples: np.ndarray, held: np.ndarray,
                   confident: float = 0.9) -> dict:
   """FD to the held-out set, confident share, class-histogram entropy."""
   f_gen, p_gen = classify(model, samples)
-  f_real, _ = classify(model, held)
+  f_real, p_real = classify(model, held)
   half = len(held) // 2
   rng = np.random.default_rng(0)
   perm = rng.permutation(len(held))
@@ -146,6 +146,7 @@ def mnist_metrics(model: LeNet, samples: np.ndarray, held: np.ndarray,
       'fd': frechet_distance(*feature_stats(f_gen), *feature_stats(f_real)),
       'fd_real_vs_real_floor': frechet_distance(*feature_stats(a), *feature_stats(b)),
       'confident_share': float((p_gen.max(1) > confident).mean()),
+      'real_confident_share': float((p_real.max(1) > confident).mean()),
       'class_entropy_bits': float(-(nz * np.log2(nz)).sum()),
       'class_entropy_max_bits': float(np.log2(10)),
       'class_histogram': hist.round(4).tolist(),

@@ -6,8 +6,9 @@ The report (printed and written to <workdir>/eval_<step>.json) holds:
 - the real-vs-real floor (one held-out half against the other);
 - the share of confident predictions (max p > 0.9);
 - the entropy of the predicted-class histogram (mode coverage; max log2 10);
-- for class-conditional models (labels cycle 0-9, guidance_scale w): the
-  share of samples the classifier puts in the requested class;
+- for class-conditional models (labels cycle 0-9, guidance_scale w, by
+  default the config's sampling.guidance_scale): the share of samples the
+  classifier puts in the requested class;
 - with bpd_images N, the variational bound in bits/dim on N held-out images
   (the paper's discretised decoder; T network calls per batch);
 - with inception_weights (pytorch-fid's FID Inception, see
@@ -55,7 +56,9 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
   if bpd_images and not mnist_like:
     raise UserError('--bpd_images uses the held-out MNIST images; this model '
                     'is not MNIST-like')
-  labels = list(np.arange(num) % 10) if pipe.num_classes else None
+  labels = list(np.arange(num) % pipe.num_classes) if pipe.num_classes else None
+  if pipe.num_classes and guidance_scale is None:
+    guidance_scale = pipe.config.sampling.guidance_scale
   req = pipe.request(num, seed, sampler=sampler, num_steps=num_steps,
                      labels=labels, guidance_scale=guidance_scale,
                      batch_size=batch)

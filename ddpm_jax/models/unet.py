@@ -123,19 +123,46 @@ class Upsample(nnx.Module):
     return self.conv(x)
 
 
+def space_to_depth(x_BHWC: jax.Array, p: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H/p, W/p, p*p*C]: each p×p patch becomes one pixel."""
+  if p == 1:
+    return x_BHWC
+  B, H, W, C = x_BHWC.shape
+  return x_BHWC.reshape(B, H // p, p, W // p, p, C).transpose(
+      0, 1, 3, 2, 4, 5).reshape(B, H // p, W // p, p * p * C)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+  """The inverse of `space_to_depth`."""
+  if p == 1:
+    return x
+  B, h, w, D = x.shape
+  C = D // (p * p)
+  return x.reshape(B, h, w, p, p, C).transpose(0, 1, 3, 2, 4, 5).reshape(
+      B, h * p, w * p, C)
+
+
 class UNet(nnx.Module):
-  """ε-prediction UNet; `num_classes > 0` adds a class embedding (index
-  `num_classes` is the null label used for classifier-free guidance)."""
+  """The paper's UNet; `num_classes > 0` adds a class embedding (index
+  `num_classes` is the null label used for classifier-free guidance).
+
+  `patch_size` p > 1 folds each p×p patch into channels before the first
+  convolution and unfolds the output (space-to-depth, as in Hoogeboom et al.,
+  2023, "simple diffusion"): the UNet then runs at 1/p of the resolution and
+  `attn_resolutions` count in that resolution. p = 1 is the paper's model.
+  """
 
   def __init__(self, *, image_size: int, in_channels: int, ch: int,
                ch_mult: Sequence[int], num_res_blocks: int,
                attn_resolutions: Sequence[int], dropout: float = 0.0,
                num_groups: int = 32, num_classes: int = 0,
-               dtype: str = 'float32', rngs: nnx.Rngs):
+               dtype: str = 'float32', patch_size: int = 1, rngs: nnx.Rngs):
     dt = jnp.dtype(dtype)
     temb_dim = 4 * ch
     self.ch = ch
     self.num_classes = num_classes
+    self.patch_size = patch_size
+    in_channels *= patch_size ** 2
     self.temb1 = nnx.Linear(ch, temb_dim, kernel_init=_default_init, dtype=dt,
                             rngs=rngs)
     self.temb2 = nnx.Linear(temb_dim, temb_dim, kernel_init=_default_init,
@@ -145,7 +172,7 @@ class UNet(nnx.Module):
     self.conv_in = nnx.Conv(in_channels, ch, (3, 3), kernel_init=_default_init,
                             dtype=dt, rngs=rngs)
 
-    res = image_size
+    res = image_size // patch_size
     chans = [ch]
     cur = ch
     down = []
@@ -200,7 +227,8 @@ class UNet(nnx.Module):
         y_B = jnp.full(t_B.shape, self.num_classes, jnp.int32)
       temb = temb + self.class_emb(y_B)
 
-    h = self.conv_in(x_BHWC)
+    p = self.patch_size
+    h = self.conv_in(space_to_depth(x_BHWC, p))
     hs = [h]
     for blk, attn in self.down:
       h = blk(h, temb, next(keys)) if isinstance(blk, ResBlock) else blk(h)
@@ -217,7 +245,7 @@ class UNet(nnx.Module):
       if attn is not None:
         h = attn(h)
     h = self.conv_out(nnx.silu(self.norm_out(h)))
-    return h.astype(jnp.float32)
+    return depth_to_space(h, p).astype(jnp.float32)
 
 
 def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
@@ -229,7 +257,8 @@ def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
               attn_resolutions=tuple(model_cfg.attn_resolutions),
               dropout=model_cfg.dropout, num_groups=model_cfg.num_groups,
               num_classes=num_classes if model_cfg.class_conditional else 0,
-              dtype=model_cfg.dtype, rngs=nnx.Rngs(seed))
+              dtype=model_cfg.dtype, patch_size=model_cfg.get('patch_size', 1),
+              rngs=nnx.Rngs(seed))
 
 
 ApplyFn = Callable[..., jax.Array]

@@ -108,7 +108,7 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
   t_cfg, d = config.training, config.data
   train_step = step_lib.make_train_step(setup, mesh)
   grid_fn = samplers_lib.make_sample_fn(
-      setup.apply, config_lib.sampler_from_config(config),
+      setup.eps_apply, config_lib.sampler_from_config(config),
       (t_cfg.num_sample_images, d.image_size, d.image_size, d.channels), mesh,
       null_label=d.num_classes)
   writer = MetricsWriter(workdir, is_main)

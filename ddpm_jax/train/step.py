@@ -18,7 +18,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
-from ddpm_jax import diffusion
 from ddpm_jax.models.unet import make_apply, split_model
 from ddpm_jax.schedules import Schedule
 from ddpm_jax.xla_options import compiler_options
@@ -46,18 +45,27 @@ class TrainState:
 
 
 def make_optimizer(t_cfg) -> optax.GradientTransformation:
-  """Adam with linear warm-up to a constant rate, after global-norm clipping."""
-  lr = optax.schedules.warmup_constant_schedule(0.0, t_cfg.learning_rate,
-                                                max(t_cfg.warmup_steps, 1))
+  """Adam after global-norm clipping, with a linear warm-up to the learning
+  rate, then constant (lr_decay 'none') or a cosine decay to 0 at
+  `num_steps` ('cosine'). The optimizer state is the same for both."""
+  warmup = max(t_cfg.warmup_steps, 1)
+  if t_cfg.get('lr_decay', 'none') == 'cosine':
+    lr = optax.schedules.warmup_cosine_decay_schedule(
+        0.0, t_cfg.learning_rate, warmup, max(t_cfg.num_steps, warmup + 1))
+  else:
+    lr = optax.schedules.warmup_constant_schedule(0.0, t_cfg.learning_rate, warmup)
   return optax.chain(optax.clip_by_global_norm(t_cfg.grad_clip), optax.adam(lr))
 
 
 @dataclasses.dataclass
 class Setup:
-  """Everything static built from a config: graphdef, apply, optimizer."""
+  """Everything static built from a config: graphdef, apply, optimizer.
+  `apply` returns the network's raw output (config.diffusion.prediction);
+  `eps_apply` returns ε, for the samplers."""
   config: Any
   graphdef: Any
   apply: Callable
+  eps_apply: Callable
   tx: optax.GradientTransformation
   schedule: Schedule
   num_params: int
@@ -72,7 +80,9 @@ def init_train_state(config) -> tuple[Setup, TrainState]:
                      ema_params=jax.tree.map(jnp.copy, params),
                      opt_state=tx.init(params),
                      rng=jax.random.key(config.seed))
-  setup = Setup(config, graphdef, make_apply(graphdef), tx,
+  apply = make_apply(graphdef)
+  setup = Setup(config, graphdef, apply,
+                config_lib.eps_apply_from_config(config, apply), tx,
                 config_lib.schedule_from_config(config),
                 sum(int(x.size) for x in jax.tree.leaves(params)))
   return setup, state
@@ -103,7 +113,8 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   config = setup.config
   t_cfg, d_cfg = config.training, config.data
   conditional = bool(config.model.class_conditional)
-  apply, tx, schedule = setup.apply, setup.tx, setup.schedule
+  apply, tx = setup.apply, setup.tx
+  loss_of = config_lib.loss_from_config(config)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     key = jax.random.fold_in(state.rng, state.step)
@@ -116,8 +127,8 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
       y = jnp.where(drop, d_cfg.num_classes, batch['label'])
 
     def loss_fn(params):
-      eps_fn = lambda x, t: apply(params, x, t, y, k_drop)
-      return diffusion.l_simple(eps_fn, schedule, x0, k_loss)
+      out_fn = lambda x, t: apply(params, x, t, y, k_drop)
+      return loss_of(out_fn, x0, k_loss)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     grad_norm = optax.tree.norm(grads)

@@ -1,0 +1,32 @@
+"""The base config, saved configs and the *_from_config factories."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_jax import config as config_lib
+from ddpm_jax import diffusion
+
+
+def test_a_config_saved_before_a_field_existed_gets_its_old_behaviour():
+  saved = config_lib.base_config().to_dict()
+  del saved['diffusion']['prediction'], saved['diffusion']['loss_weighting']
+  saved['model']['ch'] = 48
+  c = config_lib.config_from_dict(saved)
+  assert c.diffusion.prediction == 'eps' and c.diffusion.loss_weighting == 'none'
+  assert c.model.ch == 48
+
+
+def test_eps_apply_and_loss_follow_the_prediction_target():
+  c = config_lib.base_config()
+  c.diffusion.num_timesteps = 10
+  raw = lambda params, x, t: x * params
+  assert config_lib.eps_apply_from_config(c, raw) is raw   # ε: unchanged
+  c.diffusion.prediction = 'v'
+  s = config_lib.schedule_from_config(c)
+  x, t = jnp.ones((2, 4, 4, 1)), jnp.array([0, 9])
+  np.testing.assert_allclose(
+      config_lib.eps_apply_from_config(c, raw)(0.5, x, t),
+      diffusion.eps_from_prediction(s, 'v', x * 0.5, x, t))
+  c.diffusion.loss_weighting = 'min_snr'
+  loss = config_lib.loss_from_config(c)
+  assert np.isfinite(float(loss(lambda x, t: x, x, __import__('jax').random.key(0))))
