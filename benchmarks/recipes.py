@@ -1,6 +1,7 @@
 """Training recipes side by side at equal wall-clock time on this CPU.
 
-  python benchmarks/recipes.py --budget 100 --recipes base,small --out /tmp/recipes.jsonl
+  python benchmarks/recipes.py --budget 150 --recipes base,small --out /tmp/recipes.jsonl
+  python benchmarks/recipes.py --probe --recipes base,small,patch2_v   # step times only
 
 Each recipe is the MNIST default (`configs/mnist.py`) plus a few overrides.
 It trains in a fresh workdir until `--budget` seconds have passed since
@@ -55,6 +56,18 @@ RECIPES = {
     'small_v_cond': {**SMALL, 'diffusion.prediction': 'v',
                      'model.class_conditional': True, 'sampling.guidance_scale': 3.0},
 }
+
+
+def cpu_name() -> str:
+  """The CPU model and whether it has AVX-512 (speed differs about 3x)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      info = f.read()
+  except OSError:
+    return platform.machine()
+  model = next((l.split(':', 1)[1].strip() for l in info.splitlines()
+                if l.startswith('model name')), platform.machine())
+  return f"{model}, {os.cpu_count()} cores, {'AVX-512' if 'avx512f' in info else 'no AVX-512'}"
 
 
 def recipe_config(overrides: dict):
@@ -121,7 +134,34 @@ def run_recipe(name: str, overrides: dict, budget: float, root: str, num: int,
           'class_entropy_bits': round(report['class_entropy_bits'], 3),
           'sampler': f'{sampler}-{steps}', 'guidance_scale': guidance,
           'requested_class_accuracy': report.get('requested_class_accuracy'), 'sampling_s': report['sampling_seconds'],
-          'cpu': platform.processor() or platform.machine()}
+          'cpu': cpu_name()}
+
+
+def probe_step_time(name: str, overrides: dict, steps: int = 15) -> dict:
+  """The jitted train step's own time after compilation (no loop, no I/O)."""
+  import jax
+  from ddpm_jax import data as data_lib
+  from ddpm_jax import sharding
+  from ddpm_jax.train import step as step_lib
+  config = recipe_config(overrides)
+  mesh = sharding.make_mesh()
+  setup, state = step_lib.init_train_state(config)
+  state = sharding.replicate(state, mesh)
+  batches = data_lib.Batches(data_lib.load_source(config.data),
+                             config.training.batch_size, 0, 0, 1)
+  step = step_lib.make_train_step(setup, mesh)
+  t0 = time.time()
+  state, m = step(state, sharding.shard_batch(batches.batch(0), mesh))
+  jax.block_until_ready(m)
+  compile_s = time.time() - t0
+  t0 = time.time()
+  for i in range(1, steps + 1):
+    state, m = step(state, sharding.shard_batch(batches.batch(i), mesh))
+  jax.block_until_ready(m)
+  dt = (time.time() - t0) / steps
+  return {'recipe': name, 'params': setup.num_params, 'first_step_s': round(compile_s, 1),
+          'step_ms': round(1000 * dt), 'images_per_s': round(config.training.batch_size / dt),
+          'cpu': cpu_name()}
 
 
 def main() -> None:
@@ -134,11 +174,17 @@ def main() -> None:
   ap.add_argument('--sampler', default='dpm++2m')
   ap.add_argument('--steps', type=int, default=20)
   ap.add_argument('--out', default=None)
+  ap.add_argument('--probe', action='store_true',
+                  help='only time each recipe\'s train step (no training run)')
   args = ap.parse_args()
   recipes = {n: RECIPES[n] for n in filter(None, args.recipes.split(','))}
   if args.extra:
     n, o = args.extra.split(':', 1)
     recipes[n] = parse_overrides(o)
+  if args.probe:
+    for name, overrides in recipes.items():
+      print(json.dumps(probe_step_time(name, overrides)), flush=True)
+    return
   cache = os.path.join(args.root, 'mnist_lenet.npz')
   if not os.path.exists(cache):
     from ddpm_jax.metrics import mnist_lenet
