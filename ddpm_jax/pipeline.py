@@ -286,9 +286,15 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   if not os.path.isdir(workdir):
     raise UserError(f'workdir {workdir} does not exist')
   pipe = open_pipeline(workdir, checkpoint)
+  nrow = None
+  if labels is not None and len(labels) > 1 and num % len(labels) == 0:
+    nrow = num // len(labels)  # one row per requested label
   if pipe.num_classes:  # as the training grid: every class, the config's w
-    if labels is None:
-      labels = list(range(pipe.num_classes))
+    k = pipe.num_classes
+    if labels is None and num % k == 0:
+      labels, nrow = [i * k // num for i in range(num)], num // k  # row r: class r
+    elif labels is None:
+      labels = [i % k for i in range(num)]
     if sample_kwargs.get('guidance_scale') is None:
       sample_kwargs['guidance_scale'] = pipe.config.sampling.guidance_scale
   c = pipe.config.data.channels
@@ -306,9 +312,6 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
                      capture_every=capture, **sample_kwargs)
   pipe.restore(workdir, use_ema)
   x, frames = pipe.run(req, progress=progress)
-  nrow = None
-  if labels is not None and len(labels) > 1 and num % len(labels) == 0:
-    nrow = num // len(labels)  # one row per requested label
   writers = [lambda f: images_lib.write_grid(x, f, nrow=nrow)]
   if npy:
     writers.append(lambda f: np.save(f, x))
