@@ -18,8 +18,12 @@ minutes"; `benchmarks/recipes.py`). Against the paper's recipe at MNIST size
 Still the paper's: the linear β schedule over T = 1000, the unweighted MSE
 (of v), Adam 2e-3 with warm-up, clipping, EMA 0.995, batch 32.
 
-Measured: see the README's "The first ten minutes" for the run of README
-command 1 (time, LeNet FD, confident share, entropy) and its CPU.
+Measured on a 2-core Intel Xeon with AVX-512 (README, "The first ten
+minutes"): README command 1 in a fresh clone took 4 min 35 s in all, install
+included (train.py 218 s; mean loss over steps 751-800: 0.164). Then
+`python -m ddpm_jax.cli.evaluate --workdir workdirs/mnist --num 1000`:
+LeNet FD 20.4 (real-vs-real floor 9.1), confident share 0.916 (held-out real
+images 0.940), class entropy 3.319 bits, 93.6% in the requested class.
 """
 
 from ddpm_jax.config import base_config

@@ -4,8 +4,10 @@ Run:
   python train.py --config configs/mnist_uncond.py --workdir workdirs/mnist_uncond
 
 The same UNet, v-prediction and sampler as the default, unconditional.
-Measured in the README's recipe table ("small_v"): at equal wall-clock time
-the labels and guidance of the default are what make its digits legible.
+Measured in the README's recipe table only ("small_v": 654 steps in 150 s,
+FD 55.8, confident share 0.564, entropy 3.25 bits): at equal wall-clock time
+the labels and guidance of the default are what make its digits legible. Its
+own 800-step run has not been evaluated.
 """
 
 import os
