@@ -18,7 +18,7 @@ from ddpm_jax.pipeline import Pipeline
 def _pipeline(config, wrap=None):
   setup, state = step_lib.init_train_state(config)
   if wrap:
-    setup = dataclasses.replace(setup, apply=wrap(setup.apply))
+    setup = dataclasses.replace(setup, eps_apply=wrap(setup.eps_apply))
   params = jax.tree.map(lambda p: p + 0.02, state.ema_params)  # non-trivial output
   return Pipeline(config, setup.eps_apply, params, sharding.make_mesh(), 0)
 
@@ -172,3 +172,27 @@ def test_sampling_in_batches(cond_config):
   assert not np.allclose(a[2:4], b)
   with pytest.raises(UserError, match='batch size must be positive'):
     pipe.sample(num=2, batch_size=0)
+
+
+def test_sample_command_draws_every_class_at_the_config_guidance(cond_config, tmp_path,
+                                                                 monkeypatch):
+  """write_samples (sample.py) on a class-conditional model without --label:
+  classes in turn, sorted into one row per class when they divide --num, at
+  the config's sampling.guidance_scale."""
+  from ddpm_jax import pipeline
+  from ddpm_jax.train.loop import train
+  cond_config.training.num_steps = 2
+  cond_config.sampling.guidance_scale = 1.5
+  train(cond_config, str(tmp_path / 'wd'), progress=False)
+  seen = []
+  real_request = pipeline.Pipeline.request
+
+  def spy(self, num, seed, **kw):
+    seen.append((num, list(kw['labels']), kw.get('guidance_scale')))
+    return real_request(self, num, seed, **kw)
+  monkeypatch.setattr(pipeline.Pipeline, 'request', spy)
+  for num in (20, 7):
+    pipeline.write_samples(str(tmp_path / 'wd'), str(tmp_path / f'{num}.png'),
+                           num=num, progress=False, sampler='ddim', num_steps=3)
+  assert seen[0] == (20, [i // 2 for i in range(20)], 1.5)   # rows of 2 per class
+  assert seen[1] == (7, list(range(7)), 1.5)
