@@ -292,7 +292,7 @@ def model_from_config(config):
 
 
 _SAMPLER_OPTION_VALUES = {
-    'spacing': ('uniform', 'leading', 'trailing'),
+    'spacing': ('uniform', 'leading', 'trailing', 'karras'),
     'var_type': ('fixedlarge', 'fixedsmall'),
 }
 
@@ -325,6 +325,9 @@ def sampler_from_config(config, name: str | None = None,
   for key, allowed in _SAMPLER_OPTION_VALUES.items():
     if key in options and options[key] not in allowed:
       raise UserError(f'{key} must be one of {list(allowed)}, got {options[key]!r}')
+  if options.get('spacing') == 'karras' and name in ('ddpm', 'ddim'):
+    raise UserError(f"spacing 'karras' is a σ grid: use it with one of "
+                    f"{sorted(samplers_lib.SIGMA_SAMPLERS)}, not {name}")
   if 'eta' in options and not (math.isfinite(options['eta']) and options['eta'] >= 0):
     raise UserError(f'eta must be a finite number >= 0, got {options["eta"]}')
   return samplers_lib.make_sampler(name, betas_from_config(config), num_steps,

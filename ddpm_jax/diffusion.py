@@ -17,8 +17,12 @@ EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def extract(a_T: jax.Array, t_B: jax.Array, x: jax.Array) -> jax.Array:
-  """a[t] reshaped to broadcast against x ([B, 1, 1, 1] for images)."""
-  out = jnp.take(a_T, t_B)
+  """a[t] reshaped to broadcast against x ([B, 1, 1, 1] for images). A float
+  t (the σ-samplers ask the model between timesteps) interpolates linearly."""
+  if jnp.issubdtype(t_B.dtype, jnp.floating):
+    out = jnp.interp(t_B, jnp.arange(a_T.shape[0], dtype=t_B.dtype), a_T)
+  else:
+    out = jnp.take(a_T, t_B)
   return out.reshape(t_B.shape + (1,) * (x.ndim - t_B.ndim)).astype(x.dtype)
 
 

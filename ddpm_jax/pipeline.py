@@ -149,9 +149,9 @@ class Pipeline:
                       'needs a mask')
     if jumps and capture_every:
       raise UserError('jumps and frame capture cannot be combined')
-    if jumps and name == 'dpm++2m':
-      raise UserError('jumps needs a single-step sampler (ddpm or ddim), not '
-                      'dpm++2m')
+    if jumps and name not in ('ddpm', 'ddim'):
+      raise UserError('jumps (RePaint) needs the ddpm or ddim sampler, not '
+                      f'{name}')
     smp = self.sampler(name, num_steps, **sampler_options)  # checks the options
     x_init = None if init_image is None else self._image(init_image, num, 'the init image')
     m = None if mask is None else self._image(mask, num, 'the mask')

@@ -216,7 +216,10 @@ def ddim_sampler(betas: np.ndarray, num_steps: int | None = None, *,
 def dpmpp_2m_sampler(betas: np.ndarray, num_steps: int | None = None, *,
                      clip_x0: bool = True, spacing: str = 'uniform') -> Sampler:
   """DPM-Solver++(2M) (Lu et al., 2022): second-order multistep in the data
-  prediction, first order on the first step and on the final step to t=0."""
+  prediction, first order on the first step and on the final step to t=0.
+  spacing='karras' runs it on Karras's σ grid ("DPM++ 2M Karras")."""
+  if spacing == 'karras':
+    return _dpmpp_2m_sigma_sampler(betas, num_steps, clip_x0)
   timesteps, s = _respaced(betas, num_steps or len(betas), spacing)
   ab = np.asarray(s.alphas_cumprod, np.float64)
   ab_to = np.append(1.0, ab[:-1])               # target of step i is i-1
@@ -255,11 +258,190 @@ def dpmpp_2m_sampler(betas: np.ndarray, num_steps: int | None = None, *,
   return Sampler('dpm++2m', timesteps, s, init, step)
 
 
+# --- Samplers in σ-parametrisation (Karras et al., 2022; k-diffusion) ---
+#
+# The ε-model is a discrete VP model: x_t = √ᾱ_t (x0 + σ_t ε) with
+# σ_t = √((1 - ᾱ_t)/ᾱ_t). These samplers integrate the probability-flow ODE
+# (or its ancestral SDE) in the variance-exploding variable x/√ᾱ over a grid of
+# σ's, and ask the model at t(σ), found by interpolation in log σ over the
+# model's own σ table (k-diffusion's DiscreteSchedule.sigma_to_t). The carry
+# stays the VP x at grid index i, so img2img, inpainting and frame capture work
+# as with the other samplers; the step from index 0 goes to σ = 0.
+
+SIGMA_SPACINGS = ('uniform', 'leading', 'trailing', 'karras')
+
+
+def model_sigmas(betas: np.ndarray) -> np.ndarray:
+  """σ_t = √((1 - ᾱ_t)/ᾱ_t) of the discrete model, [T] increasing (float64)."""
+  ab = np.cumprod(1.0 - np.asarray(betas, np.float64))
+  return np.sqrt((1.0 - ab) / ab)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int,
+                  rho: float = 7.0) -> np.ndarray:
+  """Karras et al. (2022), eq. 5, increasing: σ_0 = σ_min, σ_{n-1} = σ_max."""
+  if n == 1:
+    return np.array([sigma_max])
+  ramp = np.linspace(0.0, 1.0, n)
+  lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+  return (lo + ramp * (hi - lo)) ** rho
+
+
+def sigma_to_t(sigma: jax.Array, log_sigmas_T: np.ndarray) -> jax.Array:
+  """The (float) model timestep of σ: linear interpolation in log σ."""
+  return jnp.interp(jnp.log(sigma), jnp.asarray(log_sigmas_T, jnp.float32),
+                    jnp.arange(len(log_sigmas_T), dtype=jnp.float32))
+
+
+def sigma_grid(betas: np.ndarray, num_steps: int, spacing: str) -> np.ndarray:
+  """The increasing σ grid of a σ-sampler: the model's own σ's at the
+  spaced timesteps, or Karras's ρ = 7 spacing between the model's ends."""
+  table = model_sigmas(betas)
+  if spacing == 'karras':
+    return karras_sigmas(table[0], table[-1], num_steps)
+  if spacing not in SIGMA_SPACINGS:
+    raise ValueError(f'unknown spacing {spacing!r}; choose one of {SIGMA_SPACINGS}')
+  return table[space_timesteps(len(betas), num_steps, spacing)]
+
+
+def _sigma_schedule(sigmas: np.ndarray) -> Schedule:
+  """A schedule whose ᾱ_i = 1/(1 + σ_i²): q_sample at grid index i noises to σ_i."""
+  ab = 1.0 / (1.0 + np.asarray(sigmas, np.float64) ** 2)
+  return make_schedule(1.0 - ab / np.append(1.0, ab[:-1]))
+
+
+def _sigma_sampler(name: str, betas: np.ndarray, num_steps: int | None,
+                   spacing: str, clip_x0: bool, update: Callable) -> Sampler:
+  """A Sampler whose step converts the VP carry to x/√ᾱ, calls
+  update(denoise, x, σ_i, σ_next, key) and converts back."""
+  n = num_steps or len(betas)
+  sig = sigma_grid(betas, n, spacing)
+  log_table = np.log(model_sigmas(betas))
+  sig_j = jnp.asarray(sig, jnp.float32)
+  sig_next = jnp.asarray(np.append(0.0, sig[:-1]), jnp.float32)
+  t_grid = np.interp(np.log(sig), log_table, np.arange(len(betas)))
+
+  def step(eps_fn, carry, i, key):
+    (x_vp,) = carry
+    s_i, s_next = sig_j[i], sig_next[i]
+
+    def denoise(x, sigma):  # D(x; σ) for x in the VE variable
+      scale = jnp.sqrt(1.0 + sigma ** 2)
+      t_B = jnp.full(x.shape[:1], sigma_to_t(sigma, log_table))
+      x0 = x - sigma * eps_fn(x / scale, t_B)
+      return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
+
+    x = x_vp * jnp.sqrt(1.0 + s_i ** 2)
+    x = update(denoise, x, s_i, s_next, key)
+    return (x / jnp.sqrt(1.0 + s_next ** 2),)
+
+  return Sampler(name, t_grid, _sigma_schedule(sig), lambda x: (x,), step)
+
+
+def euler_sampler(betas: np.ndarray, num_steps: int | None = None, *,
+                  clip_x0: bool = True, spacing: str = 'uniform') -> Sampler:
+  """Euler's method on the probability-flow ODE (Karras et al., Alg. 1 with
+  no churn; k-diffusion's sample_euler)."""
+  def update(denoise, x, s, s_next, key):
+    d = (x - denoise(x, s)) / s
+    return x + d * (s_next - s)
+  return _sigma_sampler('euler', betas, num_steps, spacing, clip_x0, update)
+
+
+def euler_ancestral_sampler(betas: np.ndarray, num_steps: int | None = None, *,
+                            eta: float = 1.0, clip_x0: bool = True,
+                            spacing: str = 'uniform') -> Sampler:
+  """Euler ancestral (k-diffusion's sample_euler_ancestral): an Euler step to
+  σ_down, then fresh noise of std σ_up; η = 0 is `euler`."""
+  def update(denoise, x, s, s_next, key):
+    s_up = jnp.minimum(s_next, eta * jnp.sqrt(
+        jnp.maximum(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2, 0.0)))
+    s_down = jnp.sqrt(jnp.maximum(s_next ** 2 - s_up ** 2, 0.0))
+    d = (x - denoise(x, s)) / s
+    return x + d * (s_down - s) + s_up * jax.random.normal(key, x.shape, x.dtype)
+  return _sigma_sampler('euler_a', betas, num_steps, spacing, clip_x0, update)
+
+
+def heun_sampler(betas: np.ndarray, num_steps: int | None = None, *,
+                 clip_x0: bool = True, spacing: str = 'uniform') -> Sampler:
+  """Heun's second-order method (Karras et al., Alg. 1); the final step to
+  σ = 0 is an Euler step. Two model calls per step but the last."""
+  def update(denoise, x, s, s_next, key):
+    d = (x - denoise(x, s)) / s
+    x_e = x + d * (s_next - s)
+    safe = jnp.where(s_next > 0, s_next, 1.0)
+    d2 = (x_e - denoise(x_e, safe)) / safe
+    return jnp.where(s_next > 0, x + 0.5 * (d + d2) * (s_next - s), x_e)
+  return _sigma_sampler('heun', betas, num_steps, spacing, clip_x0, update)
+
+
+def dpm2_sampler(betas: np.ndarray, num_steps: int | None = None, *,
+                 clip_x0: bool = True, spacing: str = 'uniform') -> Sampler:
+  """DPM-Solver-2 as in k-diffusion's sample_dpm_2: the derivative at the
+  log-midpoint σ_mid = √(σ σ_next); the final step to σ = 0 is Euler."""
+  def update(denoise, x, s, s_next, key):
+    d = (x - denoise(x, s)) / s
+    s_mid = jnp.exp(0.5 * (jnp.log(s) + jnp.log(jnp.where(s_next > 0, s_next, s))))
+    x_mid = x + d * (s_mid - s)
+    d2 = (x_mid - denoise(x_mid, s_mid)) / s_mid
+    return jnp.where(s_next > 0, x + d2 * (s_next - s), x + d * (s_next - s))
+  return _sigma_sampler('dpm2', betas, num_steps, spacing, clip_x0, update)
+
+
+
+def _dpmpp_2m_sigma_sampler(betas: np.ndarray, num_steps: int | None,
+                            clip_x0: bool) -> Sampler:
+  """k-diffusion's sample_dpmpp_2m on Karras's σ grid, carry in VP x."""
+  n = num_steps or len(betas)
+  sig = sigma_grid(betas, n, 'karras')
+  log_table = np.log(model_sigmas(betas))
+  sig_next = np.append(0.0, sig[:-1])
+  lam = -np.log(sig)
+  with np.errstate(divide='ignore'):
+    lam_next = -np.log(sig_next)                 # +inf at the final step
+  h = lam_next - lam
+  h_last = np.zeros(n)
+  h_last[:-1] = lam[:-1] - lam[1:]               # the step from i+1 to i
+  with np.errstate(divide='ignore', invalid='ignore'):
+    inv_2r = np.where(np.isfinite(h), 0.5 * h / np.where(h_last > 0, h_last, 1.0), 0.0)
+  second = np.isfinite(h) & (np.arange(n) < n - 1)   # not on the first or final step
+  coef = np.where(np.isfinite(h), -np.expm1(-np.where(np.isfinite(h), h, 0.0)), 1.0)
+  ratio = sig_next / sig
+  sig_j, inv_2r, coef, ratio = (jnp.asarray(a, jnp.float32)
+                                for a in (sig, inv_2r, coef, ratio))
+  sig_next_j, second = jnp.asarray(sig_next, jnp.float32), jnp.asarray(second)
+  t_grid = np.interp(np.log(sig), log_table, np.arange(len(betas)))
+
+  def step(eps_fn, carry, i, key):
+    del key  # deterministic
+    x_vp, old, have_prev = carry
+    s_i = sig_j[i]
+    x = x_vp * jnp.sqrt(1.0 + s_i ** 2)
+    t_B = jnp.full(x.shape[:1], sigma_to_t(s_i, log_table))
+    d = x - s_i * eps_fn(x_vp, t_B)
+    if clip_x0:
+      d = jnp.clip(d, -1.0, 1.0)
+    use2 = second[i] & have_prev
+    d_eff = jnp.where(use2, (1.0 + inv_2r[i]) * d - inv_2r[i] * old, d)
+    x = ratio[i] * x + coef[i] * d_eff
+    return (x / jnp.sqrt(1.0 + sig_next_j[i] ** 2), d, jnp.asarray(True))
+
+  init = lambda x: (x, jnp.zeros_like(x), jnp.asarray(False))
+  return Sampler('dpm++2m', t_grid, _sigma_schedule(sig), init, step)
+
+
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     'ddpm': ddpm_sampler,
     'ddim': ddim_sampler,
     'dpm++2m': dpmpp_2m_sampler,
+    'euler': euler_sampler,
+    'euler_a': euler_ancestral_sampler,
+    'heun': heun_sampler,
+    'dpm2': dpm2_sampler,
 }
+
+# The samplers that take spacing='karras' (a σ grid).
+SIGMA_SAMPLERS = ('dpm++2m', 'euler', 'euler_a', 'heun', 'dpm2')
 
 
 def make_sampler(name: str, betas: np.ndarray, num_steps: int | None = None,

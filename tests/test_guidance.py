@@ -156,7 +156,7 @@ def test_repaint_schedule_and_jumps_keep_known_pixels(tiny_config):
                        mask=mask, jumps=2)
   np.testing.assert_array_equal(jumped[:, :, :4], np.broadcast_to(x, jumped.shape)[:, :, :4])
   assert not np.allclose(jumped, plain)
-  with pytest.raises(UserError, match='single-step sampler'):
+  with pytest.raises(UserError, match='needs the ddpm or ddim sampler'):
     pipe.sample(num=2, sampler='dpm++2m', num_steps=20, init_image=x, mask=mask, jumps=1)
 
 
@@ -196,3 +196,25 @@ def test_sample_command_draws_every_class_at_the_config_guidance(cond_config, tm
                            num=num, progress=False, sampler='ddim', num_steps=3)
   assert seen[0] == (20, [i // 2 for i in range(20)], 1.5)   # rows of 2 per class
   assert seen[1] == (7, list(range(7)), 1.5)
+
+
+def test_sigma_samplers_compose_with_guidance_img2img_and_inpainting(cond_config):
+  """A v-model (the default's target; the σ-samplers ask it at float t)."""
+  cond_config.diffusion.prediction = 'v'
+  pipe = _pipeline(cond_config)
+  x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 1)).astype(np.float32)
+  mask = np.zeros((8, 8, 1), np.float32)
+  mask[:, 4:] = 1.0
+  for name in ('euler', 'euler_a', 'heun', 'dpm2', 'dpm++2m'):
+    kw = dict(num=2, seed=3, sampler=name, num_steps=8, spacing='karras',
+              labels=[1], guidance_scale=2.0)
+    a = pipe.sample(**kw)
+    np.testing.assert_array_equal(a, pipe.sample(**kw))       # same seed, same images
+    assert np.all(np.isfinite(a))
+    if name not in ('euler_a', 'heun'):
+      continue
+    edit = pipe.sample(**kw, init_image=x, strength=0.5)
+    assert np.all(np.isfinite(edit)) and not np.allclose(edit, a)
+    fill = pipe.sample(**kw, init_image=x, mask=mask)
+    np.testing.assert_allclose(fill[:, :, :4], np.broadcast_to(x, fill.shape)[:, :, :4],
+                               atol=1e-6)

@@ -166,7 +166,7 @@ def test_dpmpp_2m_is_second_order_on_a_gaussian():
 def test_unknown_sampler_and_too_many_steps():
   import pytest
   with pytest.raises(ValueError, match='unknown sampler'):
-    samplers.make_sampler('euler', LINEAR)
+    samplers.make_sampler('euler_b', LINEAR)
   with pytest.raises(ValueError, match=r'\[1, 1000\]'):
     samplers.make_sampler('ddim', LINEAR, 1001)
 
@@ -182,3 +182,107 @@ def test_sampler_from_config_builds_every_configured_sampler(tiny_config, name):
   assert s.num_steps == 5
   with pytest.raises(UserError, match='number of steps'):
     sampler_from_config(tiny_config, num_steps=10 ** 6)
+
+
+# --- σ-samplers (Karras et al., 2022; k-diffusion's conventions) ---
+
+SIGMA_TABLE = np.sqrt((1 - np.cumprod(1 - LINEAR)) / np.cumprod(1 - LINEAR))
+
+
+def _sigma_of_t(t):
+  return jnp.exp(jnp.interp(t.astype(jnp.float32), jnp.arange(1000.0),
+                            jnp.asarray(np.log(SIGMA_TABLE), jnp.float32)))
+
+
+def _gaussian_eps_sigma(s2):
+  """Exact ε at VP x and a float t for data ~ N(0, s2): ε = σ x_ve/(s2 + σ²)."""
+  def eps(x, t):
+    sig = _sigma_of_t(t)[:, None, None, None]
+    return sig * x * jnp.sqrt(1 + sig ** 2) / (s2 + sig ** 2)
+  return eps
+
+
+def test_karras_sigmas_match_the_formula_at_both_ends_and_inside():
+  sig = samplers.karras_sigmas(0.01, 80.0, 11)
+  np.testing.assert_allclose([sig[0], sig[-1]], [0.01, 80.0], rtol=1e-12)
+  mid = (0.01 ** (1 / 7) + 0.5 * (80 ** (1 / 7) - 0.01 ** (1 / 7))) ** 7
+  np.testing.assert_allclose(sig[5], mid, rtol=1e-12)
+  grid = samplers.sigma_grid(LINEAR, 20, 'karras')
+  np.testing.assert_allclose([grid[0], grid[-1]], [SIGMA_TABLE[0], SIGMA_TABLE[-1]])
+  np.testing.assert_allclose(samplers.sigma_grid(LINEAR, 1000, 'uniform'), SIGMA_TABLE)
+
+
+@pytest.mark.parametrize('name', ['euler', 'heun', 'dpm2'])
+def test_sigma_sampler_step_matches_float64_numpy(name):
+  smp = samplers.make_sampler(name, LINEAR, 10, clip_x0=False, spacing='karras')
+  sig = samplers.sigma_grid(LINEAR, 10, 'karras')
+  log_tab = np.log(SIGMA_TABLE)
+  x_vp = np.random.default_rng(0).normal(size=(2, 3, 3, 1))
+  i = 6
+  s, s_next = sig[i], sig[i - 1]
+
+  def eps64(x, sigma):  # toy_eps at the VP input and the interpolated t
+    t = np.interp(np.log(sigma), log_tab, np.arange(1000.0))
+    return 0.5 * np.tanh(x) + 0.01 * t
+
+  def d64(x_ve, sigma):  # (x - D(x; σ)) / σ
+    return eps64(x_ve / np.sqrt(1 + sigma ** 2), sigma)
+
+  x = x_vp * np.sqrt(1 + s ** 2)
+  d = d64(x, s)
+  if name == 'euler':
+    want = x + d * (s_next - s)
+  elif name == 'heun':
+    x_e = x + d * (s_next - s)
+    want = x + 0.5 * (d + d64(x_e, s_next)) * (s_next - s)
+  else:
+    s_mid = np.sqrt(s * s_next)
+    want = x + d64(x + d * (s_mid - s), s_mid) * (s_next - s)
+  want = want / np.sqrt(1 + s_next ** 2)
+  (got,) = smp.step(toy_eps, (jnp.asarray(x_vp, jnp.float32),), jnp.asarray(i),
+                    jax.random.key(0))
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_euler_ancestral_with_eta_0_is_euler_and_with_eta_1_is_random():
+  x_T = jax.random.normal(jax.random.key(0), (4, 4, 4, 1))
+  run = lambda name, **kw: np.asarray(samplers.make_sampler(
+      name, LINEAR, 12, **kw).sample(toy_eps, jax.random.key(1), x_T)[0])
+  np.testing.assert_allclose(run('euler_a', eta=0.0), run('euler'), atol=1e-6)
+  a = samplers.make_sampler('euler_a', LINEAR, 12, eta=1.0)
+  x1 = a.sample(toy_eps, jax.random.key(1), x_T)[0]
+  x2 = a.sample(toy_eps, jax.random.key(2), x_T)[0]
+  np.testing.assert_array_equal(x1, a.sample(toy_eps, jax.random.key(1), x_T)[0])
+  assert not np.allclose(x1, x2)
+
+
+def test_sigma_samplers_converge_with_their_order_on_a_gaussian():
+  """On N(0, s²) data the ODE maps x_T to x_ve·s/√(s² + σ_max²) exactly:
+  Euler's error falls ~h, Heun's, DPM2's and DPM++(2M) Karras's ~h²."""
+  s2 = 0.25
+  x_T = jax.random.normal(jax.random.key(0), (64, 1, 1, 1))
+  smax = SIGMA_TABLE[-1]
+  exact = np.asarray(x_T) * np.sqrt(1 + smax ** 2) * np.sqrt(s2) / np.sqrt(s2 + smax ** 2)
+  err = {}
+  for name in ('euler', 'heun', 'dpm2', 'dpm++2m'):
+    for n in (10, 20, 40):
+      smp = samplers.make_sampler(name, LINEAR, n, clip_x0=False, spacing='karras')
+      got, _ = smp.sample(_gaussian_eps_sigma(s2), jax.random.key(1), x_T)
+      err[name, n] = float(np.abs(np.asarray(got) - exact).max())
+  for name in ('heun', 'dpm2', 'dpm++2m'):
+    assert err[name, 40] < err[name, 20] / 2.8, (name, err)   # ~h^2: /4
+    assert err[name, 40] < err['euler', 40] / 3, (name, err)
+  assert err['euler', 20] / 2.8 < err['euler', 40] < err['euler', 20] / 1.4, err  # ~h
+
+
+def test_sigma_sampler_options_and_bad_inputs(tiny_config):
+  from ddpm_jax.config import sampler_from_config
+  tiny_config.sampling.num_steps = 5
+  for name in samplers.SIGMA_SAMPLERS:
+    assert sampler_from_config(tiny_config, name, spacing='karras').num_steps == 5
+  with pytest.raises(UserError, match="spacing 'karras' is a σ grid"):
+    sampler_from_config(tiny_config, 'ddim', spacing='karras')
+  with pytest.raises(UserError, match="the euler sampler has no option 'eta'"):
+    sampler_from_config(tiny_config, 'euler', eta=0.5)
+  with pytest.raises(UserError, match='spacing must be one of'):
+    sampler_from_config(tiny_config, 'euler', spacing='karas')

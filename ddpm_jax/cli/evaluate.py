@@ -16,7 +16,7 @@ from ddpm_jax.cli import common
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir.', required=True)
 _NUM = flags.DEFINE_integer('num', 1000, 'Number of generated samples.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m'], 'Sampler.')
+_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m', 'euler', 'euler_a', 'heun', 'dpm2'], 'Sampler.')
 _STEPS = flags.DEFINE_integer('steps', None, "Sampling steps (default: the config's).")
 _BATCH = flags.DEFINE_integer('batch', None, 'Images per sampling call '
                               '(default: by model size, at most 256).')

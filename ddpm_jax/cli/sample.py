@@ -30,13 +30,14 @@ _NPY = flags.DEFINE_bool('npy', False, 'Also write the raw samples as <stem>.npy
 _GIF = flags.DEFINE_bool('gif', False, 'Also write an animation of the reverse '
                          'process as <stem>.gif.')
 _RAW = flags.DEFINE_bool('raw', False, 'Use the raw weights instead of the EMA.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m'],
+_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m', 'euler', 'euler_a', 'heun', 'dpm2'],
                              "Sampler (default: the config's).")
 _STEPS = flags.DEFINE_integer('steps', None, "Sampling steps (default: the config's).")
 _ETA = flags.DEFINE_float('eta', None, 'DDIM eta: 0 deterministic, 1 DDPM-like.')
 _CLIP = flags.DEFINE_bool('clip', None, 'Clip the predicted x0 to [-1, 1] (default: on).')
-_SPACING = flags.DEFINE_enum('spacing', None, ['uniform', 'leading', 'trailing'],
-                             'Timestep spacing of a respaced grid.')
+_SPACING = flags.DEFINE_enum('spacing', None, ['uniform', 'leading', 'trailing', 'karras'],
+                             'Timestep spacing of a respaced grid; karras: '
+                             "Karras et al.'s σ spacing (σ-samplers only).")
 _LABEL = flags.DEFINE_list('label', None, 'Class label(s), e.g. 7 or 0,1,2.')
 _GUIDANCE = flags.DEFINE_float('guidance-scale', None,
                                "Classifier-free guidance weight w (default: the "
