@@ -81,7 +81,7 @@ def test_inpainting_keeps_the_known_pixels(tiny_config):
     (dict(init_image=np.zeros((8, 8, 1)), mask=np.zeros((6, 6, 1))), 'the mask has shape'),
     (dict(init_image=np.zeros((9, 9, 1)), strength=0.5), 'the init image has shape'),
     (dict(num_steps=51), r'must be in \[1, 50\]'),
-    (dict(sampler='euler'), 'unknown sampler'),
+    (dict(sampler='euler_b'), 'unknown sampler'),
     (dict(mask=np.zeros((8, 8, 1))), 'need an init image'),
 ])
 def test_bad_combinations_on_an_unconditional_model(tiny_config, kwargs, message):
