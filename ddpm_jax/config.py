@@ -270,17 +270,21 @@ def schedule_from_config(config) -> Schedule:
   return make_schedule(betas_from_config(config))
 
 
-def eps_apply_from_config(config, apply):
-  """The network's apply as an ε-predictor, for samplers and bits/dim."""
-  return diffusion.eps_apply(apply, schedule_from_config(config),
-                             config.diffusion.prediction)
+def eps_apply_from_config(config, apply, schedule: Schedule | None = None):
+  """The network's apply as an ε-predictor, for samplers and bits/dim
+  (`schedule`: the config's, if the caller has built it already)."""
+  if schedule is None:
+    schedule = schedule_from_config(config)
+  return diffusion.eps_apply(apply, schedule, config.diffusion.prediction)
 
 
-def loss_from_config(config):
+def loss_from_config(config, schedule: Schedule | None = None):
   """loss(out_fn, x0, key) for the config's prediction target and weighting."""
+  if schedule is None:
+    schedule = schedule_from_config(config)
   d = config.diffusion
-  return diffusion.make_loss(schedule_from_config(config), d.prediction,
-                             d.loss_weighting, d.min_snr_gamma)
+  return diffusion.make_loss(schedule, d.prediction, d.loss_weighting,
+                             d.min_snr_gamma)
 
 
 def model_from_config(config):

@@ -159,9 +159,9 @@ def make_loss(s: Schedule, prediction: str = 'eps', weighting: str = 'none',
               min_snr_gamma: float = 5.0) -> Callable:
   """loss(out_fn, x0, key): E_{t, ε} w_t ||target - out_fn(x_t, t)||², where
   out_fn is the raw network. 'eps' with 'none' is exactly `l_simple`."""
+  if prediction not in PREDICTIONS:  # fail here, not inside jit
+    raise ValueError(f'unknown prediction {prediction!r}; choose one of {PREDICTIONS}')
   w_T = loss_weights(s, prediction, weighting, min_snr_gamma)
-  prediction_target(s, prediction, jnp.zeros(1), jnp.zeros(1, jnp.int32),
-                    jnp.zeros(1))  # an unknown name fails here, not in jit
 
   def loss(out_fn: Callable, x0: jax.Array, key: jax.Array) -> jax.Array:
     t_key, n_key = jax.random.split(key)

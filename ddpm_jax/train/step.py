@@ -81,26 +81,11 @@ def init_train_state(config) -> tuple[Setup, TrainState]:
                      opt_state=tx.init(params),
                      rng=jax.random.key(config.seed))
   apply = make_apply(graphdef)
+  schedule = config_lib.schedule_from_config(config)
   setup = Setup(config, graphdef, apply,
-                config_lib.eps_apply_from_config(config, apply), tx,
-                config_lib.schedule_from_config(config),
-                sum(int(x.size) for x in jax.tree.leaves(params)))
+                config_lib.eps_apply_from_config(config, apply, schedule), tx,
+                schedule, sum(int(x.size) for x in jax.tree.leaves(params)))
   return setup, state
-
-
-def abstract_train_state(config) -> tuple[Setup, TrainState]:
-  """Setup and the state's shapes without allocating parameters."""
-  holder = {}
-
-  def build():
-    setup, state = init_train_state(config)
-    holder['setup'] = setup
-    return state
-  shapes = jax.eval_shape(build)
-  # The schedule built inside eval_shape is abstract: rebuild it concretely.
-  setup = dataclasses.replace(holder['setup'],
-                              schedule=config_lib.schedule_from_config(config))
-  return setup, shapes
 
 
 def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
@@ -114,7 +99,7 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   t_cfg, d_cfg = config.training, config.data
   conditional = bool(config.model.class_conditional)
   apply, tx = setup.apply, setup.tx
-  loss_of = config_lib.loss_from_config(config)
+  loss_of = config_lib.loss_from_config(config, setup.schedule)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     key = jax.random.fold_in(state.rng, state.step)
