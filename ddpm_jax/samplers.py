@@ -310,29 +310,37 @@ def _sigma_schedule(sigmas: np.ndarray) -> Schedule:
   return make_schedule(1.0 - ab / np.append(1.0, ab[:-1]))
 
 
+def _sigma_setup(betas: np.ndarray, num_steps: int | None, spacing: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(σ grid [n] increasing, log σ of the model's table [T], the grid's model
+  timesteps [n]) of a σ-sampler."""
+  sig = sigma_grid(betas, num_steps or len(betas), spacing)
+  log_table = np.log(model_sigmas(betas))
+  return sig, log_table, np.interp(np.log(sig), log_table, np.arange(len(betas)))
+
+
+def _denoiser(eps_fn: EpsFn, log_table: np.ndarray, clip_x0: bool) -> Callable:
+  """D(x; σ) for x in the VE variable x/√ᾱ: the model sees x/√(1 + σ²) at t(σ)."""
+  def denoise(x, sigma):
+    t_B = jnp.full(x.shape[:1], sigma_to_t(sigma, log_table))
+    x0 = x - sigma * eps_fn(x / jnp.sqrt(1.0 + sigma ** 2), t_B)
+    return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
+  return denoise
+
+
 def _sigma_sampler(name: str, betas: np.ndarray, num_steps: int | None,
                    spacing: str, clip_x0: bool, update: Callable) -> Sampler:
   """A Sampler whose step converts the VP carry to x/√ᾱ, calls
   update(denoise, x, σ_i, σ_next, key) and converts back."""
-  n = num_steps or len(betas)
-  sig = sigma_grid(betas, n, spacing)
-  log_table = np.log(model_sigmas(betas))
+  sig, log_table, t_grid = _sigma_setup(betas, num_steps, spacing)
   sig_j = jnp.asarray(sig, jnp.float32)
   sig_next = jnp.asarray(np.append(0.0, sig[:-1]), jnp.float32)
-  t_grid = np.interp(np.log(sig), log_table, np.arange(len(betas)))
 
   def step(eps_fn, carry, i, key):
     (x_vp,) = carry
     s_i, s_next = sig_j[i], sig_next[i]
-
-    def denoise(x, sigma):  # D(x; σ) for x in the VE variable
-      scale = jnp.sqrt(1.0 + sigma ** 2)
-      t_B = jnp.full(x.shape[:1], sigma_to_t(sigma, log_table))
-      x0 = x - sigma * eps_fn(x / scale, t_B)
-      return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
-
     x = x_vp * jnp.sqrt(1.0 + s_i ** 2)
-    x = update(denoise, x, s_i, s_next, key)
+    x = update(_denoiser(eps_fn, log_table, clip_x0), x, s_i, s_next, key)
     return (x / jnp.sqrt(1.0 + s_next ** 2),)
 
   return Sampler(name, t_grid, _sigma_schedule(sig), lambda x: (x,), step)
@@ -369,32 +377,35 @@ def heun_sampler(betas: np.ndarray, num_steps: int | None = None, *,
   def update(denoise, x, s, s_next, key):
     d = (x - denoise(x, s)) / s
     x_e = x + d * (s_next - s)
-    safe = jnp.where(s_next > 0, s_next, 1.0)
-    d2 = (x_e - denoise(x_e, safe)) / safe
-    return jnp.where(s_next > 0, x + 0.5 * (d + d2) * (s_next - s), x_e)
+
+    def correct():
+      d2 = (x_e - denoise(x_e, s_next)) / s_next
+      return x + 0.5 * (d + d2) * (s_next - s)
+    return jax.lax.cond(s_next > 0, correct, lambda: x_e)
   return _sigma_sampler('heun', betas, num_steps, spacing, clip_x0, update)
 
 
 def dpm2_sampler(betas: np.ndarray, num_steps: int | None = None, *,
                  clip_x0: bool = True, spacing: str = 'uniform') -> Sampler:
   """DPM-Solver-2 as in k-diffusion's sample_dpm_2: the derivative at the
-  log-midpoint σ_mid = √(σ σ_next); the final step to σ = 0 is Euler."""
+  log-midpoint σ_mid = √(σ σ_next); the final step to σ = 0 is Euler. Two
+  model calls per step but the last."""
   def update(denoise, x, s, s_next, key):
     d = (x - denoise(x, s)) / s
-    s_mid = jnp.exp(0.5 * (jnp.log(s) + jnp.log(jnp.where(s_next > 0, s_next, s))))
-    x_mid = x + d * (s_mid - s)
-    d2 = (x_mid - denoise(x_mid, s_mid)) / s_mid
-    return jnp.where(s_next > 0, x + d2 * (s_next - s), x + d * (s_next - s))
-  return _sigma_sampler('dpm2', betas, num_steps, spacing, clip_x0, update)
 
+    def midpoint():
+      s_mid = jnp.sqrt(s * s_next)
+      x_mid = x + d * (s_mid - s)
+      return x + (x_mid - denoise(x_mid, s_mid)) / s_mid * (s_next - s)
+    return jax.lax.cond(s_next > 0, midpoint, lambda: x + d * (s_next - s))
+  return _sigma_sampler('dpm2', betas, num_steps, spacing, clip_x0, update)
 
 
 def _dpmpp_2m_sigma_sampler(betas: np.ndarray, num_steps: int | None,
                             clip_x0: bool) -> Sampler:
   """k-diffusion's sample_dpmpp_2m on Karras's σ grid, carry in VP x."""
-  n = num_steps or len(betas)
-  sig = sigma_grid(betas, n, 'karras')
-  log_table = np.log(model_sigmas(betas))
+  sig, log_table, t_grid = _sigma_setup(betas, num_steps, 'karras')
+  n = len(sig)
   sig_next = np.append(0.0, sig[:-1])
   lam = -np.log(sig)
   with np.errstate(divide='ignore'):
@@ -410,17 +421,13 @@ def _dpmpp_2m_sigma_sampler(betas: np.ndarray, num_steps: int | None,
   sig_j, inv_2r, coef, ratio = (jnp.asarray(a, jnp.float32)
                                 for a in (sig, inv_2r, coef, ratio))
   sig_next_j, second = jnp.asarray(sig_next, jnp.float32), jnp.asarray(second)
-  t_grid = np.interp(np.log(sig), log_table, np.arange(len(betas)))
 
   def step(eps_fn, carry, i, key):
     del key  # deterministic
     x_vp, old, have_prev = carry
     s_i = sig_j[i]
     x = x_vp * jnp.sqrt(1.0 + s_i ** 2)
-    t_B = jnp.full(x.shape[:1], sigma_to_t(s_i, log_table))
-    d = x - s_i * eps_fn(x_vp, t_B)
-    if clip_x0:
-      d = jnp.clip(d, -1.0, 1.0)
+    d = _denoiser(eps_fn, log_table, clip_x0)(x, s_i)
     use2 = second[i] & have_prev
     d_eff = jnp.where(use2, (1.0 + inv_2r[i]) * d - inv_2r[i] * old, d)
     x = ratio[i] * x + coef[i] * d_eff
