@@ -21,6 +21,15 @@ def require_utf8(path: str, what: str) -> None:
                     'is not a valid UTF-8 path') from None
 
 
+def probe_writable(directory: str) -> None:
+  """Creates and removes a unique file in `directory`; raises the OSError if
+  that fails. Unlike os.access, this also holds for root and for read-only
+  or special file systems."""
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.write_test_')
+  os.close(fd)
+  os.remove(tmp)
+
+
 def atomic_write_all(paths: Sequence[str], writers: Sequence[Writer]) -> None:
   """Calls each writer on a fresh temporary file beside its path (a unique
   name, so neither a symlink planted there nor a concurrent writer is

@@ -31,7 +31,7 @@ from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sharding
 from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.errors import UserError
-from ddpm_jax.files import atomic_write_all
+from ddpm_jax.files import atomic_write_all, probe_writable
 from ddpm_jax.models.unet import make_apply, split_model
 
 # Top-level activations a default sampling batch may hold (see default_batch).
@@ -327,5 +327,7 @@ def _check_writable(path: str) -> None:
   d = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(d):
     raise UserError(f'output directory {d} does not exist')
-  if not os.access(d, os.W_OK):
-    raise UserError(f'output directory {d} is not writable')
+  try:
+    probe_writable(d)
+  except OSError as e:
+    raise UserError(f'output directory {d} is not writable: {e.strerror or e}') from e

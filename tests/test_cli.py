@@ -215,6 +215,7 @@ def test_sample_bad_inputs_are_one_line_before_sampling(trained, tmp_path):
       ([f'--init-image={huge}', '--strength=0.5'], 'not a readable image'),
       ([f'--init-image={good}', '--strength=nan'], 'strength must be in [0, 1]'),
       ([f'--out={tmp_path / "adir.png"}'], 'is a directory'),
+      (['--out=/proc/out.png'], 'output directory /proc is not writable'),  # even as root
   ]
   for args, needle in cases:
     r = _run('sample.py', f'--workdir={trained}', '--num=2', f'--out={keep}', *args)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from ddpm_jax import files
 from ddpm_jax.files import atomic_write, atomic_write_all
 
 
@@ -28,3 +29,10 @@ def test_a_failing_writer_replaces_nothing_and_leaves_no_temp_file(tmp_path):
     atomic_write_all([str(a), str(b)], [lambda f: f.write(b'new a'), boom])
   assert a.read_bytes() == b'old a' and b.read_bytes() == b'old b'
   assert sorted(os.listdir(tmp_path)) == ['a.png', 'b.npy']
+
+
+def test_probe_writable_creates_nothing_and_fails_where_files_cannot_be_made(tmp_path):
+  files.probe_writable(str(tmp_path))
+  assert list(tmp_path.iterdir()) == []
+  with pytest.raises(OSError):   # /proc refuses new files, even to root
+    files.probe_writable('/proc')

@@ -28,7 +28,7 @@ import numpy as np
 
 from ddpm_jax.data import to_uint8
 from ddpm_jax.errors import UserError
-from ddpm_jax.files import atomic_write
+from ddpm_jax.files import atomic_write, probe_writable
 from ddpm_jax.metrics import inception, likelihood, mnist_lenet
 from ddpm_jax.metrics.fid import frechet_distance
 from ddpm_jax.pipeline import open_pipeline
@@ -74,8 +74,12 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
     except OSError as e:
       raise UserError(f'cannot create {stats_dir} for the FID statistics: '
                       f'{e.strerror}') from e
-    if not os.path.exists(stats_path) and not os.access(stats_dir, os.W_OK):
-      raise UserError(f'{stats_dir} is not writable: cannot save the FID statistics there')
+    if not os.path.exists(stats_path):
+      try:
+        probe_writable(stats_dir)
+      except OSError as e:
+        raise UserError(f'{stats_dir} is not writable ({e.strerror or e}): cannot '
+                        'save the FID statistics there') from e
     ref_mu, ref_sigma = inception.reference_stats(d, features, stats_path, ref_images)
   if mnist_like:
     model, held, _ = mnist_lenet.mnist_classifier(eval_dir)

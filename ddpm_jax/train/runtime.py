@@ -14,7 +14,7 @@ import uuid
 import jax
 
 from ddpm_jax.errors import UserError
-from ddpm_jax.files import require_utf8
+from ddpm_jax.files import probe_writable, require_utf8
 
 
 class TrainingError(UserError):
@@ -26,10 +26,7 @@ def prepare_workdir(workdir: str) -> None:
   require_utf8(workdir, 'workdir')
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{uuid.uuid4().hex}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    probe_writable(workdir)
   except OSError as e:
     raise TrainingError(f'workdir {workdir} is not writable: '
                         f'{e.strerror or e}') from e
