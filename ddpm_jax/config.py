@@ -172,13 +172,19 @@ def validate(config, num_devices: int = 1) -> None:
                       f'got {m.dtype!r}')
   if m.patch_size < 1:
     raise ConfigError(f'model.patch_size must be >= 1, got {m.patch_size}')
-  factor = 2 ** (len(m.ch_mult) - 1) * m.patch_size
+  from ddpm_jax.models.unet import downsample_factor  # flax: load on use
+  factor = downsample_factor(m.ch_mult, m.patch_size)
   if d.image_size <= 0 or d.image_size % factor:
     patch = f' and patch_size={m.patch_size}' if m.patch_size > 1 else ''
     raise ConfigError(
         f'data.image_size={d.image_size} cannot be halved {len(m.ch_mult) - 1} '
         f'times by a UNet with ch_mult={tuple(m.ch_mult)}{patch}; use a '
         f'multiple of {factor}')
+  levels = [d.image_size // m.patch_size // 2 ** k for k in range(len(m.ch_mult))]
+  if set(m.attn_resolutions) - set(levels):
+    raise ConfigError(f'model.attn_resolutions={tuple(m.attn_resolutions)} names '
+                      f'a resolution the UNet does not have; its levels are '
+                      f'{tuple(levels)}')
   for c in {m.ch * k for k in m.ch_mult} | {m.ch}:
     if c % m.num_groups:
       raise ConfigError(f'model.num_groups={m.num_groups} does not divide the '

@@ -17,8 +17,8 @@ def _abstract_count(**kw):
 
 
 def test_cifar10_paper_model_has_35_7m_params():
-  n = _abstract_count(image_size=32, in_channels=3, ch=128, ch_mult=(1, 2, 2, 2),
-                      num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
+  n = _abstract_count(in_channels=3, ch=128, ch_mult=(1, 2, 2, 2),
+                      num_res_blocks=2, attn_levels=(1,), dropout=0.1)
   assert abs(n - 35.75e6) < 0.1e6, n
 
 
@@ -30,8 +30,8 @@ def test_mnist_default_is_small():
 
 
 def _tiny(**kw):
-  args = dict(image_size=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1,
-              attn_resolutions=(4,), num_groups=4, rngs=nnx.Rngs(0))
+  args = dict(in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+              attn_levels=(1,), num_groups=4, rngs=nnx.Rngs(0))
   args.update(kw)
   return UNet(**args)
 
@@ -65,6 +65,56 @@ def test_class_embedding_changes_output_and_null_label_is_default():
   np.testing.assert_array_equal(apply(p, x, t), apply(p, x, t, jnp.array([3, 3])))
 
 
+def test_attention_levels_from_resolutions():
+  from ddpm_jax.models.unet import attention_levels
+  assert attention_levels(32, (1, 2, 2, 2), (16,)) == (1,)     # the paper's CIFAR
+  assert attention_levels(28, (1, 2, 4), (7,)) == (2,)         # the MNIST default
+  assert attention_levels(28, (1, 2), (7,), patch_size=2) == (1,)
+  assert attention_levels(28, (1, 2, 2), (28, 7)) == (0, 2)
+  assert attention_levels(28, (1, 2, 2), ()) == ()
+
+
+# Where each shipped config's attention blocks sit, and its parameter count,
+# recorded with the UNet that placed attention by absolute resolution (commit
+# 33d0e24): placing it by level must keep every checkpoint's tree.
+_SHIPPED = {
+    'cifar10': (35746307, ['down/3', 'down/4', 'up/10', 'up/8', 'up/9']),
+    'fashion_mnist': (6469889, ['down/3', 'down/4', 'up/4', 'up/5', 'up/6']),
+    'mnist': (687473, ['down/4', 'up/0', 'up/1']),
+    'mnist_paper': (1623169, ['down/3', 'down/4', 'up/4', 'up/5', 'up/6']),
+    'mnist_uncond': (686769, ['down/4', 'up/0', 'up/1']),
+    'tiny': (44969, ['down/2', 'up/0', 'up/1']),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_SHIPPED))
+def test_shipped_configs_keep_their_parameter_tree(name):
+  import os
+  c = config_lib.load_config_file(os.path.join(
+      os.path.dirname(__file__), '..', 'configs', name + '.py'))
+  params = nnx.to_pure_dict(split_model(nnx.eval_shape(
+      lambda: config_lib.model_from_config(c)))[1])
+  attn = sorted(f'{part}/{i}' for part in ('down', 'up')
+                for i, pair in params[part].items() if 1 in pair)
+  assert (count_params(params), attn) == _SHIPPED[name]
+
+
+def test_attention_runs_on_a_larger_canvas():
+  """A model built for 8×8 with attention at level 1 (4×4) still attends on
+  a 12×12 canvas, where level 1 is 6×6."""
+  g, p = split_model(_tiny())
+  p = jax.tree.map(lambda x: x + 0.05, p)
+  x = jax.random.normal(jax.random.key(0), (1, 12, 12, 1))
+  t = jnp.array([10])
+  apply = make_apply(g)
+  out = apply(p, x, t)
+  assert out.shape == x.shape
+  p2 = nnx.to_pure_dict(p)
+  attn = p2['down'][2][1]
+  attn['qkv']['kernel'] = attn['qkv']['kernel'] * 3.0
+  assert not np.allclose(out, apply(p2, x, t))
+
+
 def test_timestep_embedding_matches_formula():
   t = jnp.array([0, 7, 999])
   e = np.asarray(timestep_embedding(t, 6))
@@ -81,9 +131,16 @@ def test_bad_image_size_is_rejected_by_validation():
     config_lib.validate(c)
 
 
+def test_attention_at_a_missing_resolution_is_rejected():
+  c = config_lib.base_config()
+  c.model.attn_resolutions = (16,)   # 28 -> 14 -> 7: no 16×16 level
+  with pytest.raises(config_lib.ConfigError, match='levels are'):
+    config_lib.validate(c)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_stays_close():
-  kw = dict(image_size=8, in_channels=1, ch=16, ch_mult=(1, 2), num_res_blocks=1,
-            attn_resolutions=(4,), num_groups=4)
+  kw = dict(in_channels=1, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+            attn_levels=(1,), num_groups=4)
   g32, p32 = split_model(UNet(rngs=nnx.Rngs(0), **kw))
   g16, p16 = split_model(UNet(rngs=nnx.Rngs(0), dtype='bfloat16', **kw))
   assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype('float32')}

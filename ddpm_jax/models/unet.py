@@ -148,13 +148,18 @@ class UNet(nnx.Module):
 
   `patch_size` p > 1 folds each p×p patch into channels before the first
   convolution and unfolds the output (space-to-depth, as in Hoogeboom et al.,
-  2023, "simple diffusion"): the UNet then runs at 1/p of the resolution and
-  `attn_resolutions` count in that resolution. p = 1 is the paper's model.
+  2023, "simple diffusion"): the UNet then runs at 1/p of the resolution.
+  p = 1 is the paper's model.
+
+  Self-attention sits at the levels `attn_levels` (0: full resolution, one
+  per `ch_mult` entry), not at absolute resolutions, so a larger canvas
+  (outpainting) keeps it where training put it; `attention_levels` turns a
+  config's `attn_resolutions` into levels at the training size.
   """
 
-  def __init__(self, *, image_size: int, in_channels: int, ch: int,
+  def __init__(self, *, in_channels: int, ch: int,
                ch_mult: Sequence[int], num_res_blocks: int,
-               attn_resolutions: Sequence[int], dropout: float = 0.0,
+               attn_levels: Sequence[int], dropout: float = 0.0,
                num_groups: int = 32, num_classes: int = 0,
                dtype: str = 'float32', patch_size: int = 1, rngs: nnx.Rngs):
     dt = jnp.dtype(dtype)
@@ -172,7 +177,6 @@ class UNet(nnx.Module):
     self.conv_in = nnx.Conv(in_channels, ch, (3, 3), kernel_init=_default_init,
                             dtype=dt, rngs=rngs)
 
-    res = image_size // patch_size
     chans = [ch]
     cur = ch
     down = []
@@ -182,13 +186,12 @@ class UNet(nnx.Module):
                        rngs=rngs)
         cur = ch * mult
         attn = (AttnBlock(cur, num_groups, dt, rngs=rngs)
-                if res in attn_resolutions else None)
+                if level in attn_levels else None)
         down.append((blk, attn))
         chans.append(cur)
       if level != len(ch_mult) - 1:
         down.append((Downsample(cur, dt, rngs=rngs), None))
         chans.append(cur)
-        res //= 2
     self.down = nnx.List([nnx.List(d) for d in down])
 
     self.mid1 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, rngs=rngs)
@@ -202,11 +205,10 @@ class UNet(nnx.Module):
                        num_groups, dt, rngs=rngs)
         cur = ch * mult
         attn = (AttnBlock(cur, num_groups, dt, rngs=rngs)
-                if res in attn_resolutions else None)
+                if level in attn_levels else None)
         up.append((blk, attn))
       if level != 0:
         up.append((Upsample(cur, dt, rngs=rngs), None))
-        res *= 2
     self.up = nnx.List([nnx.List(u) for u in up])
 
     self.norm_out = GroupNorm(cur, num_groups, epsilon=1e-6, dtype=dt,
@@ -248,16 +250,33 @@ class UNet(nnx.Module):
     return depth_to_space(h, p).astype(jnp.float32)
 
 
+def downsample_factor(ch_mult: Sequence[int], patch_size: int = 1) -> int:
+  """What every side of the UNet's input must be a multiple of."""
+  return 2 ** (len(ch_mult) - 1) * patch_size
+
+
+def attention_levels(image_size: int, ch_mult: Sequence[int],
+                     attn_resolutions: Sequence[int], patch_size: int = 1
+                     ) -> tuple[int, ...]:
+  """The levels whose resolution, at the training `image_size`, is one of
+  `attn_resolutions` (the paper's way of naming them)."""
+  return tuple(level for level in range(len(ch_mult))
+               if image_size // patch_size // 2 ** level in attn_resolutions)
+
+
 def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
                 seed: int = 0) -> UNet:
   """Builds the UNet from the config's `model` section."""
-  return UNet(image_size=image_size, in_channels=channels, ch=model_cfg.ch,
+  patch_size = model_cfg.get('patch_size', 1)
+  return UNet(in_channels=channels, ch=model_cfg.ch,
               ch_mult=tuple(model_cfg.ch_mult),
               num_res_blocks=model_cfg.num_res_blocks,
-              attn_resolutions=tuple(model_cfg.attn_resolutions),
+              attn_levels=attention_levels(
+                  image_size, model_cfg.ch_mult, model_cfg.attn_resolutions,
+                  patch_size),
               dropout=model_cfg.dropout, num_groups=model_cfg.num_groups,
               num_classes=num_classes if model_cfg.class_conditional else 0,
-              dtype=model_cfg.dtype, patch_size=model_cfg.get('patch_size', 1),
+              dtype=model_cfg.dtype, patch_size=patch_size,
               rngs=nnx.Rngs(seed))
 
 
