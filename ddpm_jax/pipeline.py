@@ -32,7 +32,7 @@ from ddpm_jax import sharding
 from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.errors import UserError
 from ddpm_jax.files import atomic_write_all, probe_writable
-from ddpm_jax.models.unet import make_apply, split_model
+from ddpm_jax.models.unet import downsample_factor, make_apply, split_model
 
 # Top-level activations a default sampling batch may hold (see default_batch).
 _BATCH_BYTES = 2 ** 31
@@ -76,7 +76,10 @@ class Pipeline:
   def default_batch(self) -> int:
     """Images per sampling call: about 2 GiB of float32 activations at the
     UNet's top level (x64 for the tensors alive at once), 16 to 256."""
-    h, w, _ = self.image_shape
+    return self._default_batch(self.image_shape)
+
+  def _default_batch(self, shape) -> int:
+    h, w, _ = shape
     per_image = h * w * self.config.model.ch * 4 * 64
     return int(min(256, max(16, _BATCH_BYTES // per_image)))
 
@@ -98,23 +101,62 @@ class Pipeline:
                       f'{sorted(set(y.tolist()))}')
     return np.repeat(y, num // y.size).astype(np.int32)
 
-  def _image(self, x, num: int, what: str) -> np.ndarray:
+  def _image(self, x, num: int, what: str, any_size: bool = False
+             ) -> np.ndarray:
+    """[num, H, W, C] float32 of the model's shape (with `any_size`: of its
+    channel count), finite."""
     x = np.asarray(x, np.float32)
     if x.ndim == 3:
       x = np.broadcast_to(x[None], (num,) + x.shape)
-    if x.shape != (num,) + self.image_shape:
+    want = (num,) + self.image_shape
+    ok = (x.shape == want if not any_size else
+          x.ndim == 4 and x.shape[0] == num and x.shape[3] == want[3])
+    if not ok:
       raise UserError(f'{what} has shape {tuple(x.shape[1:])}, the model makes '
                       f'{self.image_shape}')
     if not np.all(np.isfinite(x)):
       raise UserError(f'{what} holds non-finite values')
     return x
 
+  def _outpaint(self, x: np.ndarray, margins) -> tuple[np.ndarray, np.ndarray]:
+    """(canvas, mask) with `x` [num, H, W, C] placed inside margins (L, T, R,
+    B) of a larger canvas; the mask is 1 on the new border only."""
+    try:
+      left, top, right, bottom = (int(v) for v in margins)
+    except (TypeError, ValueError):
+      raise UserError(f'outpaint takes four integer margins L,T,R,B, got '
+                      f'{margins!r}') from None
+    if min(left, top, right, bottom) < 0:
+      raise UserError(f'outpaint margins must be non-negative, got '
+                      f'{left},{top},{right},{bottom}')
+    if left + top + right + bottom == 0:
+      raise UserError('outpaint margins are all 0: there is nothing to generate')
+    n, h, w, c = x.shape
+    H, W = h + top + bottom, w + left + right
+    m = self.config.model
+    f = downsample_factor(m.ch_mult, m.patch_size)
+    if H % f or W % f:
+      H2, W2 = _nearest_multiple(H, h, f), _nearest_multiple(W, w, f)
+      top2, bottom2 = _add_margin(top, bottom, H2 - H)
+      left2, right2 = _add_margin(left, right, W2 - W)
+      raise UserError(
+          f'the outpainted canvas {H}x{W} cannot be halved {len(m.ch_mult) - 1} '
+          f'times by this UNet (its sides must be multiples of {f}); the nearest '
+          f'size that works is {H2}x{W2}, e.g. outpaint '
+          f'{left2},{top2},{right2},{bottom2}')
+    canvas = np.zeros((n, H, W, c), np.float32)
+    canvas[:, top:top + h, left:left + w] = x
+    mask = np.ones((n, H, W, c), np.float32)
+    mask[:, top:top + h, left:left + w] = 0.0
+    return canvas, mask
+
   def request(self, num: int = 16, seed: int = 0, *, sampler: str | None = None,
               num_steps: int | None = None,
               labels: Sequence[int] | int | None = None,
               guidance_scale: float | None = None, init_image=None,
-              strength: float | None = None, mask=None, jumps: int = 0,
-              capture_every: int = 0, batch_size: int | None = None,
+              strength: float | None = None, mask=None, outpaint=None,
+              jumps: int = 0, capture_every: int = 0,
+              batch_size: int | None = None,
               **sampler_options) -> SampleRequest:
     """Checks a sampling request against the model without touching its
     parameters; every check of `sample`'s arguments lives here."""
@@ -136,27 +178,34 @@ class Pipeline:
       y = np.full((num,), self.num_classes, np.int32)   # the null label
     if strength is not None and not 0.0 <= strength <= 1.0:  # NaN fails too
       raise UserError(f'strength must be in [0, 1], got {strength}')
-    if (strength is not None or mask is not None) and init_image is None:
-      raise UserError('strength and mask need an init image')
-    if strength is not None and mask is not None:
-      raise UserError('use either strength (img2img) or mask (inpainting)')
-    if init_image is not None and strength is None and mask is None:
-      raise UserError('an init image needs a strength (img2img) or a mask '
-                      '(inpainting)')
+    if (strength is not None or mask is not None or outpaint is not None
+        ) and init_image is None:
+      raise UserError('strength, mask and outpaint need an init image')
+    if sum(v is not None for v in (strength, mask, outpaint)) > 1:
+      raise UserError('use one of strength (img2img), mask (inpainting) and '
+                      'outpaint')
+    if init_image is not None and strength is None and mask is None and (
+        outpaint is None):
+      raise UserError('an init image needs a strength (img2img), a mask '
+                      '(inpainting) or outpaint margins')
     name = sampler or self.config.sampling.sampler
-    if jumps < 0 or (jumps and mask is None):
+    if jumps < 0 or (jumps and mask is None and outpaint is None):
       raise UserError('jumps (RePaint resampling) is a non-negative count and '
-                      'needs a mask')
+                      'needs a mask or outpaint margins')
     if jumps and capture_every:
       raise UserError('jumps and frame capture cannot be combined')
     if jumps and name not in ('ddpm', 'ddim'):
       raise UserError('jumps (RePaint) needs the ddpm or ddim sampler, not '
                       f'{name}')
     smp = self.sampler(name, num_steps, **sampler_options)  # checks the options
-    x_init = None if init_image is None else self._image(init_image, num, 'the init image')
+    x_init = None if init_image is None else self._image(
+        init_image, num, 'the init image', any_size=outpaint is not None)
     m = None if mask is None else self._image(mask, num, 'the mask')
-    batch = min(num, batch_size or self.default_batch)
-    fn_args = (('sampler', name), ('num_steps', smp.num_steps),
+    if outpaint is not None:
+      x_init, m = self._outpaint(x_init, outpaint)
+    shape = self.image_shape if x_init is None else x_init.shape[1:]
+    batch = min(num, batch_size or self._default_batch(shape))
+    fn_args = (('sampler', name), ('num_steps', smp.num_steps), ('shape', shape),
                ('options', tuple(sorted(sampler_options.items()))),
                ('capture_every', capture_every), ('strength', strength),
                ('jumps', jumps))
@@ -170,7 +219,7 @@ class Pipeline:
       a = dict(fn_args)
       smp = self.sampler(a['sampler'], a['num_steps'], **dict(a['options']))
       self._cache[key] = samplers_lib.make_sample_fn(
-          self.apply, smp, (batch,) + self.image_shape, self.mesh,
+          self.apply, smp, (batch,) + tuple(a['shape']), self.mesh,
           a['capture_every'], null_label=self.num_classes,
           strength=a['strength'], jumps=a['jumps'])
     return self._cache[key]
@@ -209,7 +258,10 @@ class Pipeline:
     1: conditional). init_image ([H, W, C] or [num, H, W, C] in [-1, 1])
     with `strength` is img2img (SDEdit); with `mask` (1 = regenerate) it is
     inpainting, with `jumps` RePaint resamplings of every 10-step block (ddpm,
-    ddim). batch_size= images per call (default: `default_batch`).
+    ddim); with `outpaint=(L, T, R, B)` it is outpainting: the image (of any
+    size) is placed on a canvas larger by those margins and only the border
+    is generated, so the images come out at the canvas size.
+    batch_size= images per call (default: `default_batch`).
     """
     x, frames = self.run(self.request(num, seed, **kwargs), progress=progress)
     return (x, frames) if return_frames else x
@@ -223,6 +275,21 @@ class Pipeline:
           self.step, 'ema_params' if use_ema else 'params', abstract, self.mesh)
     finally:
       ckpt.close()
+
+
+def _nearest_multiple(side: int, inner: int, f: int) -> int:
+  """The multiple of f nearest to `side` (ties: the larger), not below
+  `inner`."""
+  down, up = side // f * f, -(-side // f) * f
+  return down if down >= inner and side - down < up - side else up
+
+
+def _add_margin(first: int, second: int, d: int) -> tuple[int, int]:
+  """Margins (first, second) changed by d in all, neither below 0."""
+  second += d
+  if second < 0:
+    first, second = first + second, 0
+  return first, second
 
 
 def _pad_to(a: np.ndarray, n: int) -> np.ndarray:

@@ -488,7 +488,8 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
 
   x_T is drawn inside from the key. With `strength` (img2img) `x_init` is
   noised to t = strength·T and denoised from there; with `mask` (1 =
-  regenerate) the known pixels of `x_init` are re-imposed at every step.
+  regenerate) the known pixels of `x_init` are re-imposed at every step and
+  returned exactly (where the mask is 0).
   """
   batch_spec = None
   if mesh is not None and shape[0] % mesh.size == 0:
@@ -516,7 +517,10 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
       x = sample_inpaint_with_jumps(sampler, eps_fn, loop_key, x_T, x_init,
                                     mask, jumps)
       return x, None
-    return sampler.sample(
+    x, frames = sampler.sample(
         eps_fn, loop_key, x_T, start=start, capture_every=capture_every,
         known_x0=x_init if mask is not None else None, known_mask=mask)
+    if mask is not None:   # the known pixels come back bit for bit
+      x = mask * x + (1.0 - mask) * x_init
+    return x, frames
   return jax.jit(fn, compiler_options=compiler_options())

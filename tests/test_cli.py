@@ -214,6 +214,11 @@ def test_sample_bad_inputs_are_one_line_before_sampling(trained, tmp_path):
       ([f'--init-image={corrupt}', '--strength=0.5'], 'not a readable image'),
       ([f'--init-image={huge}', '--strength=0.5'], 'not a readable image'),
       ([f'--init-image={good}', '--strength=nan'], 'strength must be in [0, 1]'),
+      ([f'--init-image={good}', '--outpaint=2,2,2'], '--outpaint takes four integers'),
+      ([f'--init-image={good}', '--outpaint=2,2,2,x'], '--outpaint takes four integers'),
+      ([f'--init-image={good}', '--outpaint=-2,2,2,2'], 'must be non-negative'),
+      ([f'--init-image={good}', '--outpaint=1,0,0,0'], 'the nearest size that works'),
+      (['--outpaint=2,2,2,2'], 'need an init image'),
       ([f'--out={tmp_path / "adir.png"}'], 'is a directory'),
       (['--out=/proc/out.png'], 'output directory /proc is not writable'),  # even as root
   ]

@@ -83,6 +83,16 @@ def test_inpainting_keeps_the_known_pixels(tiny_config):
     (dict(num_steps=51), r'must be in \[1, 50\]'),
     (dict(sampler='euler_b'), 'unknown sampler'),
     (dict(mask=np.zeros((8, 8, 1))), 'need an init image'),
+    (dict(outpaint=(2, 2, 2, 2)), 'need an init image'),
+    (dict(init_image=np.zeros((8, 8, 1)), outpaint=(2, -2, 2, 2)),
+     'margins must be non-negative, got 2,-2,2,2'),
+    (dict(init_image=np.zeros((8, 8, 1)), outpaint=(0, 0, 0, 0)), 'nothing to generate'),
+    (dict(init_image=np.zeros((8, 8, 1)), outpaint=(2, 2)), 'four integer margins'),
+    (dict(init_image=np.zeros((8, 8, 1)), outpaint=(1, 0, 0, 0)),
+     r'canvas 8x9 cannot be halved 1 times .* multiples of 2\); the nearest size '
+     'that works is 8x10, e.g. outpaint 1,0,1,0'),
+    (dict(init_image=np.zeros((8, 8, 1)), outpaint=(0, 1, 2, 0), strength=0.5),
+     'use one of strength'),
 ])
 def test_bad_combinations_on_an_unconditional_model(tiny_config, kwargs, message):
   pipe = _pipeline(tiny_config)
@@ -218,3 +228,27 @@ def test_sigma_samplers_compose_with_guidance_img2img_and_inpainting(cond_config
     fill = pipe.sample(**kw, init_image=x, mask=mask)
     np.testing.assert_allclose(fill[:, :, :4], np.broadcast_to(x, fill.shape)[:, :, :4],
                                atol=1e-6)
+
+
+@pytest.mark.parametrize('sampler', ['ddpm', 'ddim', 'dpm++2m', 'euler', 'heun'])
+def test_outpainting_keeps_the_image_and_generates_the_border(tiny_config, sampler):
+  pipe = _pipeline(tiny_config)
+  x = np.random.default_rng(2).uniform(-1, 1, (8, 8, 1)).astype(np.float32)
+  out = pipe.sample(num=2, seed=0, sampler=sampler, num_steps=6, init_image=x,
+                    outpaint=(2, 0, 4, 2))         # L, T, R, B
+  assert out.shape == (2, 10, 14, 1)
+  np.testing.assert_array_equal(out[:, 0:8, 2:10], np.broadcast_to(x, (2, 8, 8, 1)))
+  border = np.ones((10, 14), bool)
+  border[0:8, 2:10] = False
+  assert np.all(np.isfinite(out)) and np.abs(out[:, border]).min(axis=1).max() > 0
+  assert not np.allclose(out[0, border], out[1, border])  # each image its own border
+
+
+def test_outpainting_an_image_of_another_size_with_jumps(tiny_config):
+  """The init image need not have the model's size: only the canvas must halve."""
+  pipe = _pipeline(tiny_config)
+  x = np.random.default_rng(3).uniform(-1, 1, (10, 14, 1)).astype(np.float32)
+  out = pipe.sample(num=1, seed=0, sampler='ddim', num_steps=10, init_image=x,
+                    outpaint=(1, 1, 1, 1), jumps=1)
+  assert out.shape == (1, 12, 16, 1)
+  np.testing.assert_array_equal(out[0, 1:11, 1:15], x)

@@ -8,6 +8,7 @@
   #   guidance scale unless told; --guidance-scale 0 is unconditional)
   # img2img (SDEdit):  --init-image in.png --strength 0.5
   # inpainting:        --init-image in.png --mask mask.png   (white = regenerate)
+  # outpainting:       --init-image in.png --outpaint 4,4,4,4  (margins L,T,R,B)
 
 Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
 <stem>.npy, with --gif an animation of the reverse process as <stem>.gif.
@@ -45,6 +46,9 @@ _GUIDANCE = flags.DEFINE_float('guidance-scale', None,
 _INIT = flags.DEFINE_string('init-image', None, 'Input image for img2img or inpainting.')
 _STRENGTH = flags.DEFINE_float('strength', None, 'img2img strength in [0, 1].')
 _MASK = flags.DEFINE_string('mask', None, 'Inpainting mask (white = regenerate).')
+_OUTPAINT = flags.DEFINE_list('outpaint', None, 'Outpainting: margins L,T,R,B '
+                              'in pixels added around --init-image; only they '
+                              'are generated.')
 _JUMPS = flags.DEFINE_integer('jumps', 0, 'Inpainting: RePaint resamplings per '
                               '10-step block (ddpm or ddim).')
 
@@ -58,6 +62,19 @@ def _labels() -> list[int] | None:
     raise UserError(f'--label takes integers, got {",".join(_LABEL.value)}') from None
 
 
+def _margins() -> tuple[int, ...] | None:
+  if _OUTPAINT.value is None:
+    return None
+  try:
+    margins = tuple(int(v) for v in _OUTPAINT.value)
+  except ValueError:
+    margins = ()
+  if len(margins) != 4:
+    raise UserError(f'--outpaint takes four integers L,T,R,B, got '
+                    f'{",".join(_OUTPAINT.value)}')
+  return margins
+
+
 def main() -> None:
   from ddpm_jax.pipeline import write_samples  # after flag parsing: fast --help
   options = {k: v for k, v in dict(eta=_ETA.value, clip_x0=_CLIP.value,
@@ -68,7 +85,7 @@ def main() -> None:
       npy=_NPY.value, labels=_labels(), init_image=_INIT.value, mask=_MASK.value,
       sampler=_SAMPLER.value, num_steps=_STEPS.value,
       guidance_scale=_GUIDANCE.value, strength=_STRENGTH.value,
-      jumps=_JUMPS.value, batch_size=_BATCH.value, **options)
+      outpaint=_margins(), jumps=_JUMPS.value, batch_size=_BATCH.value, **options)
   print('wrote ' + ', '.join(paths))
 
 
