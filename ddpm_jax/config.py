@@ -56,6 +56,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'
   c.model.patch_size = 1          # >1: space-to-depth before the UNet
 
+  # 'diffusion' trains the UNet; 'autoencoder' trains the KL autoencoder of
+  # the `autoencoder` section (for latent diffusion), with the same loop.
+  c.task = 'diffusion'
+
+  c.autoencoder = ml_collections.ConfigDict()
+  c.autoencoder.ch = 32
+  c.autoencoder.ch_mult = (1, 2, 2)   # f = 2^(levels - 1) = 4
+  c.autoencoder.num_res_blocks = 1
+  c.autoencoder.z_channels = 4
+  c.autoencoder.num_groups = 8
+  c.autoencoder.dtype = 'float32'
+  c.autoencoder.loss = 'l1'           # reconstruction: 'l1' or 'l2'
+  c.autoencoder.kl_weight = 1e-6      # LDM's β
+  c.autoencoder.scale_images = 5000   # training images whose latent std gives the scale
+
+  # A diffusion model in an autoencoder's latent space: name the autoencoder's
+  # workdir (and step; -1: its latest). Training copies the autoencoder (its
+  # config, EMA parameters and latent scale) into this model's checkpoints.
+  c.latent = ml_collections.ConfigDict()
+  c.latent.autoencoder_workdir = ''
+  c.latent.autoencoder_step = -1
+  # Filled in by training from the autoencoder's checkpoint; not for users.
+  c.latent.autoencoder = ml_collections.ConfigDict()
+  c.latent.scale = 0.0
+  c.latent.fingerprint = ''
+
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = 'linear'
   c.diffusion.num_timesteps = 1000
@@ -93,15 +119,47 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _plain(d: dict) -> dict:
+  return {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in d.items()}
+
+
 def model_signature(config) -> dict:
   """The parts of a config that fix the parameter tree and its meaning."""
-  return {
-      'model': {k: (list(v) if isinstance(v, (tuple, list)) else v)
-                for k, v in config.model.to_dict().items() if k != 'dropout'},
-      'image_size': config.data.image_size,
-      'channels': config.data.channels,
-      'num_classes': config.data.num_classes,
-  }
+  sig = {'task': config.get('task', 'diffusion'),
+         'image_size': config.data.image_size,
+         'channels': config.data.channels}
+  if sig['task'] == 'autoencoder':
+    sig['autoencoder'] = _plain(config.autoencoder.to_dict())
+    sig['autoencoder'].pop('scale_images', None)
+    return sig
+  sig['model'] = {k: v for k, v in _plain(config.model.to_dict()).items()
+                  if k != 'dropout'}
+  sig['num_classes'] = config.data.num_classes
+  if is_latent(config):
+    sig['latent_autoencoder'] = config.latent.fingerprint
+  return sig
+
+
+def is_latent(config) -> bool:
+  """A diffusion model in an autoencoder's latent space?"""
+  return config.get('task', 'diffusion') == 'diffusion' and bool(
+      config.get('latent', {}).get('autoencoder_workdir'))
+
+
+def autoencoder_factor(ae_cfg) -> int:
+  """f: the autoencoder's downsampling factor."""
+  return 2 ** (len(ae_cfg.ch_mult) - 1)
+
+
+def unet_input_shape(config) -> tuple[int, int, int]:
+  """(H, W, C) the UNet denoises: the image's, or for a latent model (once
+  its autoencoder is attached) the latent's."""
+  d = config.data
+  if is_latent(config) and config.latent.autoencoder:
+    ae = config.latent.autoencoder
+    size = d.image_size // autoencoder_factor(ae)
+    return (size, size, int(ae.z_channels))
+  return (d.image_size, d.image_size, d.channels)
 
 
 # Fields a resumed run must share with its checkpoint, besides the model:
@@ -142,6 +200,10 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError(f'{bad[0]} is {bad[1]}; every number in a config must '
                       'be finite')
   t, m, d = config.training, config.model, config.data
+  if config.task not in ('diffusion', 'autoencoder'):
+    raise ConfigError(f"task must be 'diffusion' or 'autoencoder', got {config.task!r}")
+  if config.task == 'autoencoder':
+    _validate_autoencoder(config.autoencoder, d)
   if t.batch_size <= 0:
     raise ConfigError(f'training.batch_size must be positive, got {t.batch_size}')
   if t.batch_size % num_devices:
@@ -162,33 +224,8 @@ def validate(config, num_devices: int = 1) -> None:
                       'warmup_steps non-negative')
   if t.lr_decay not in ('none', 'cosine'):
     raise ConfigError(f"training.lr_decay must be 'none' or 'cosine', got {t.lr_decay!r}")
-  if not 0.0 <= m.dropout < 1.0:
-    raise ConfigError(f'model.dropout must be in [0, 1), got {m.dropout}')
-  if m.ch <= 0 or m.num_res_blocks <= 0 or not m.ch_mult:
-    raise ConfigError('model.ch, model.num_res_blocks and model.ch_mult must be '
-                      'positive and non-empty')
-  if m.dtype not in ('float32', 'bfloat16', 'float16'):
-    raise ConfigError(f"model.dtype must be 'float32', 'bfloat16' or 'float16', "
-                      f'got {m.dtype!r}')
-  if m.patch_size < 1:
-    raise ConfigError(f'model.patch_size must be >= 1, got {m.patch_size}')
-  from ddpm_jax.models.unet import downsample_factor  # flax: load on use
-  factor = downsample_factor(m.ch_mult, m.patch_size)
-  if d.image_size <= 0 or d.image_size % factor:
-    patch = f' and patch_size={m.patch_size}' if m.patch_size > 1 else ''
-    raise ConfigError(
-        f'data.image_size={d.image_size} cannot be halved {len(m.ch_mult) - 1} '
-        f'times by a UNet with ch_mult={tuple(m.ch_mult)}{patch}; use a '
-        f'multiple of {factor}')
-  levels = [d.image_size // m.patch_size // 2 ** k for k in range(len(m.ch_mult))]
-  if set(m.attn_resolutions) - set(levels):
-    raise ConfigError(f'model.attn_resolutions={tuple(m.attn_resolutions)} names '
-                      f'a resolution the UNet does not have; its levels are '
-                      f'{tuple(levels)}')
-  for c in {m.ch * k for k in m.ch_mult} | {m.ch}:
-    if c % m.num_groups:
-      raise ConfigError(f'model.num_groups={m.num_groups} does not divide the '
-                        f'channel count {c}')
+  if config.task == 'diffusion':
+    _validate_unet(config)
   if config.diffusion.schedule not in BETA_SCHEDULES:
     raise ConfigError(f'diffusion.schedule={config.diffusion.schedule!r} is not '
                       f'one of {sorted(BETA_SCHEDULES)}')
@@ -221,6 +258,63 @@ def validate(config, num_devices: int = 1) -> None:
   if not 0 <= s.num_steps <= config.diffusion.num_timesteps:
     raise ConfigError(f'sampling.num_steps={s.num_steps} must be in '
                       f'[0, {config.diffusion.num_timesteps}] (0 means all)')
+
+
+def _validate_unet(config) -> None:
+  m, d = config.model, config.data
+  if not 0.0 <= m.dropout < 1.0:
+    raise ConfigError(f'model.dropout must be in [0, 1), got {m.dropout}')
+  if m.ch <= 0 or m.num_res_blocks <= 0 or not m.ch_mult:
+    raise ConfigError('model.ch, model.num_res_blocks and model.ch_mult must be '
+                      'positive and non-empty')
+  if m.dtype not in ('float32', 'bfloat16', 'float16'):
+    raise ConfigError(f"model.dtype must be 'float32', 'bfloat16' or 'float16', "
+                      f'got {m.dtype!r}')
+  if m.patch_size < 1:
+    raise ConfigError(f'model.patch_size must be >= 1, got {m.patch_size}')
+  if is_latent(config) and not config.latent.autoencoder:
+    return  # the latent's shape is known once the autoencoder is attached
+  from ddpm_jax.models.unet import downsample_factor  # flax: load on use
+  factor = downsample_factor(m.ch_mult, m.patch_size)
+  size = unet_input_shape(config)[0]
+  what = (f'the latent size {size} (data.image_size={d.image_size} / '
+          f'f={autoencoder_factor(config.latent.autoencoder)})'
+          if size != d.image_size else f'data.image_size={d.image_size}')
+  if size <= 0 or size % factor:
+    patch = f' and patch_size={m.patch_size}' if m.patch_size > 1 else ''
+    raise ConfigError(
+        f'{what} cannot be halved {len(m.ch_mult) - 1} '
+        f'times by a UNet with ch_mult={tuple(m.ch_mult)}{patch}; use a '
+        f'multiple of {factor}')
+  levels = [size // m.patch_size // 2 ** k for k in range(len(m.ch_mult))]
+  if set(m.attn_resolutions) - set(levels):
+    raise ConfigError(f'model.attn_resolutions={tuple(m.attn_resolutions)} names '
+                      f'a resolution the UNet does not have; its levels are '
+                      f'{tuple(levels)}')
+  for c in {m.ch * k for k in m.ch_mult} | {m.ch}:
+    if c % m.num_groups:
+      raise ConfigError(f'model.num_groups={m.num_groups} does not divide the '
+                        f'channel count {c}')
+
+
+def _validate_autoencoder(a, d) -> None:
+  if a.ch <= 0 or a.num_res_blocks <= 0 or not a.ch_mult or a.z_channels <= 0:
+    raise ConfigError('autoencoder.ch, num_res_blocks, z_channels and ch_mult '
+                      'must be positive and non-empty')
+  f = autoencoder_factor(a)
+  if d.image_size % f:
+    raise ConfigError(f'data.image_size={d.image_size} cannot be divided by the '
+                      f'autoencoder\'s f={f}; use a multiple of {f}')
+  for c in {a.ch * k for k in a.ch_mult}:
+    if c % a.num_groups:
+      raise ConfigError(f'autoencoder.num_groups={a.num_groups} does not divide '
+                        f'the channel count {c}')
+  if a.loss not in ('l1', 'l2'):
+    raise ConfigError(f"autoencoder.loss must be 'l1' or 'l2', got {a.loss!r}")
+  if a.kl_weight < 0 or a.scale_images <= 0:
+    raise ConfigError('autoencoder.kl_weight must be >= 0 and scale_images > 0')
+  if a.dtype not in ('float32', 'bfloat16', 'float16'):
+    raise ConfigError(f'autoencoder.dtype {a.dtype!r} is not a float type')
 
 
 def config_from_dict(d: dict) -> ml_collections.ConfigDict:
@@ -294,11 +388,23 @@ def loss_from_config(config, schedule: Schedule | None = None):
 
 
 def model_from_config(config):
-  """The UNet of `config` with fresh parameters (seeded by config.seed)."""
-  from ddpm_jax.models.unet import build_unet
+  """The model `config` trains, with fresh parameters (seeded by
+  config.seed): the UNet (over pixels or latents), or the autoencoder."""
   d = config.data
-  return build_unet(config.model, d.image_size, d.channels, d.num_classes,
+  if config.get('task', 'diffusion') == 'autoencoder':
+    from ddpm_jax.models.autoencoder import build_autoencoder
+    return build_autoencoder(config.autoencoder, d.channels, seed=config.seed)
+  from ddpm_jax.models.unet import build_unet
+  size, _, channels = unet_input_shape(config)
+  return build_unet(config.model, size, channels, d.num_classes,
                     seed=config.seed)
+
+
+def autoencoder_from_config(config):
+  """A latent model's autoencoder (shapes only matter: its parameters come
+  from the checkpoint)."""
+  from ddpm_jax.models.autoencoder import build_autoencoder
+  return build_autoencoder(config.latent.autoencoder, config.data.channels)
 
 
 _SAMPLER_OPTION_VALUES = {

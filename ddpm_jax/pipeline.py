@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ddpm_jax import config as config_lib
 from ddpm_jax import images as images_lib
+from ddpm_jax import latent as latent_lib
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sharding
 from ddpm_jax.checkpoint import Checkpointer
@@ -60,6 +61,7 @@ class Pipeline:
   params: Any
   mesh: Mesh
   step: int
+  codec: samplers_lib.Codec | None = None   # a latent model's autoencoder
   _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
@@ -118,6 +120,20 @@ class Pipeline:
       raise UserError(f'{what} holds non-finite values')
     return x
 
+  def _factor(self) -> int:
+    """What every side of an image must be a multiple of."""
+    m = self.config.model
+    f = downsample_factor(m.ch_mult, m.patch_size)
+    return f * (self.codec.factor if self.codec else 1)
+
+  def _scan_shape(self, image_shape) -> tuple[int, int, int]:
+    """The shape the sampler's scan runs at: the image's, or its latent's."""
+    h, w, c = image_shape
+    if self.codec is None:
+      return (h, w, c)
+    z = config_lib.unet_input_shape(self.config)[2]
+    return (h // self.codec.factor, w // self.codec.factor, z)
+
   def _outpaint(self, x: np.ndarray, margins) -> tuple[np.ndarray, np.ndarray]:
     """(canvas, mask) with `x` [num, H, W, C] placed inside margins (L, T, R,
     B) of a larger canvas; the mask is 1 on the new border only."""
@@ -134,14 +150,15 @@ class Pipeline:
     n, h, w, c = x.shape
     H, W = h + top + bottom, w + left + right
     m = self.config.model
-    f = downsample_factor(m.ch_mult, m.patch_size)
+    f = self._factor()
     if H % f or W % f:
       H2, W2 = _nearest_multiple(H, h, f), _nearest_multiple(W, w, f)
       top2, bottom2 = _add_margin(top, bottom, H2 - H)
       left2, right2 = _add_margin(left, right, W2 - W)
       raise UserError(
           f'the outpainted canvas {H}x{W} cannot be halved {len(m.ch_mult) - 1} '
-          f'times by this UNet (its sides must be multiples of {f}); the nearest '
+          f'times by this {"latent " if self.codec else ""}UNet (its sides must '
+          f'be multiples of {f}); the nearest '
           f'size that works is {H2}x{W2}, e.g. outpaint '
           f'{left2},{top2},{right2},{bottom2}')
     canvas = np.zeros((n, H, W, c), np.float32)
@@ -155,7 +172,7 @@ class Pipeline:
               labels: Sequence[int] | int | None = None,
               guidance_scale: float | None = None, init_image=None,
               strength: float | None = None, mask=None, outpaint=None,
-              jumps: int = 0, capture_every: int = 0,
+              paste_known: bool = True, jumps: int = 0, capture_every: int = 0,
               batch_size: int | None = None,
               **sampler_options) -> SampleRequest:
     """Checks a sampling request against the model without touching its
@@ -203,9 +220,11 @@ class Pipeline:
     m = None if mask is None else self._image(mask, num, 'the mask')
     if outpaint is not None:
       x_init, m = self._outpaint(x_init, outpaint)
-    shape = self.image_shape if x_init is None else x_init.shape[1:]
+    shape = self._scan_shape(self.image_shape if x_init is None
+                             else x_init.shape[1:])
     batch = min(num, batch_size or self._default_batch(shape))
     fn_args = (('sampler', name), ('num_steps', smp.num_steps), ('shape', shape),
+               ('paste_known', bool(paste_known)),
                ('options', tuple(sorted(sampler_options.items()))),
                ('capture_every', capture_every), ('strength', strength),
                ('jumps', jumps))
@@ -221,7 +240,8 @@ class Pipeline:
       self._cache[key] = samplers_lib.make_sample_fn(
           self.apply, smp, (batch,) + tuple(a['shape']), self.mesh,
           a['capture_every'], null_label=self.num_classes,
-          strength=a['strength'], jumps=a['jumps'])
+          strength=a['strength'], jumps=a['jumps'], codec=self.codec,
+          paste_known=a['paste_known'])
     return self._cache[key]
 
   def run(self, req: SampleRequest, *, progress: bool = False
@@ -260,19 +280,29 @@ class Pipeline:
     inpainting, with `jumps` RePaint resamplings of every 10-step block (ddpm,
     ddim); with `outpaint=(L, T, R, B)` it is outpainting: the image (of any
     size) is placed on a canvas larger by those margins and only the border
-    is generated, so the images come out at the canvas size.
+    is generated, so the images come out at the canvas size. A latent model
+    takes the same arguments: the scan runs on latents and is decoded; with
+    a mask (or outpaint), `paste_known=False` keeps the decoder's pixels
+    where the image was known instead of putting the originals back.
     batch_size= images per call (default: `default_batch`).
     """
     x, frames = self.run(self.request(num, seed, **kwargs), progress=progress)
     return (x, frames) if return_frames else x
 
   def restore(self, workdir: str, use_ema: bool = True) -> None:
-    """Restores this pipeline's step from `workdir`: one parameter tree only."""
+    """Restores this pipeline's step from `workdir`: one parameter tree only
+    (a latent model: and the autoencoder copied into its checkpoint)."""
     graphdef, abstract = abstract_params(self.config)
     ckpt = Checkpointer(workdir, read_only=True)
     try:
-      self.params = ckpt.restore_params(
+      params = ckpt.restore_params(
           self.step, 'ema_params' if use_ema else 'params', abstract, self.mesh)
+      if self.codec is not None:
+        _, ae_abstract = latent_lib.abstract_autoencoder(
+            self.config.latent.autoencoder, self.config.data.channels)
+        params = {'unet': params, 'autoencoder': ckpt.restore_params(
+            self.step, 'autoencoder', ae_abstract, self.mesh)}
+      self.params = params
     finally:
       ckpt.close()
 
@@ -316,10 +346,18 @@ def open_pipeline(workdir: str, step: int | None = None,
   finally:
     ckpt.close()
   config = config_lib.config_from_dict(meta['config'])
+  if config.task != 'diffusion':
+    raise UserError(f'{workdir} holds an autoencoder, which does not sample: '
+                    'train a latent model on it (configs/mnist_latent.py)')
   graphdef, _ = abstract_params(config)
   apply = config_lib.eps_apply_from_config(config, make_apply(graphdef))
+  codec = None
+  if config_lib.is_latent(config):
+    codec = latent_lib.make_codec(config)
+    unet_apply = apply
+    apply = lambda params, *args: unet_apply(params['unet'], *args)
   return Pipeline(config, apply, None, mesh or sharding.make_mesh(),
-                  step)
+                  step, codec)
 
 
 def load(workdir: str, step: int | None = None, use_ema: bool = True,

@@ -9,7 +9,7 @@ over the grid; there is no Python loop over steps and no Flax.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -479,10 +479,29 @@ def strength_to_start(strength: float, num_steps: int) -> int:
   return int(round(strength * num_steps)) - 1
 
 
+class Codec(NamedTuple):
+  """A latent model's way between pixels and the space it denoises:
+  encode(params, x_BHWC) -> z, decode(params, z) -> x_BHWC, and the factor f
+  by which the latent grid is smaller."""
+  encode: Callable
+  decode: Callable
+  factor: int
+
+
+def latent_mask(mask_BHWC: jax.Array, factor: int, channels: int) -> jax.Array:
+  """A pixel mask on the latent grid: a latent cell is regenerated if any
+  pixel of its f×f block is."""
+  B, H, W, C = mask_BHWC.shape
+  m = mask_BHWC.reshape(B, H // factor, factor, W // factor, factor, C).max((2, 4, 5))
+  return jnp.broadcast_to(m[..., None], m.shape + (channels,))
+
+
 def make_sample_fn(apply: Callable, sampler: Sampler,
                    shape: tuple[int, ...], mesh: Mesh | None = None,
                    capture_every: int = 0, *, null_label: int = 0,
-                   strength: float | None = None, jumps: int = 0) -> Callable:
+                   strength: float | None = None, jumps: int = 0,
+                   codec: Codec | None = None, paste_known: bool = True
+                   ) -> Callable:
   """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None)
   -> (x0, frames).
 
@@ -490,6 +509,11 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
   noised to t = strength·T and denoised from there; with `mask` (1 =
   regenerate) the known pixels of `x_init` are re-imposed at every step and
   returned exactly (where the mask is 0).
+
+  With a `codec` (a latent model) `shape` is the latent's: `x_init` is
+  encoded, the mask is taken to the latent grid (`latent_mask`), the scan
+  runs on latents and its result (and frames) are decoded in the same jitted
+  function; `paste_known` then puts the known pixels back after decoding.
   """
   batch_spec = None
   if mesh is not None and shape[0] % mesh.size == 0:
@@ -499,6 +523,22 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
     start = strength_to_start(strength, sampler.num_steps)
 
   def fn(params, key, y=None, scale=None, x_init=None, mask=None):
+    if codec is None:
+      return sample(params, key, y, scale, x_init, mask)
+    pixels, pixel_mask = x_init, mask
+    if x_init is not None:
+      x_init = codec.encode(params, x_init)
+    if mask is not None:
+      mask = latent_mask(mask, codec.factor, shape[-1])
+    z, frames = sample(params, key, y, scale, x_init, mask)
+    x = codec.decode(params, z)
+    if frames is not None:
+      frames = jax.lax.map(lambda f: codec.decode(params, f), frames)
+    if pixel_mask is not None and paste_known:
+      x = pixel_mask * x + (1.0 - pixel_mask) * pixels
+    return x, frames
+
+  def sample(params, key, y, scale, x_init, mask):
     init_key, loop_key = jax.random.split(key)
     noise = jax.random.normal(init_key, shape, jnp.float32)
     if batch_spec is not None:

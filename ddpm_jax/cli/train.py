@@ -47,8 +47,13 @@ def main() -> None:
     status = 'stopped by SIGTERM' if summary['preempted'] else 'done'
     print(f"{status}: step {summary['step']}, final loss "
           f"{summary['final_loss']:.4f}, {summary['wall_time_s']:.0f} s; "
-          f"samples in {workdir}/samples")
-    print(f'next: python sample.py --workdir {workdir} --out samples.png')
+          f"{'reconstructions' if _CONFIG.value.task == 'autoencoder' else 'samples'}"
+          f" in {workdir}/samples")
+    if _CONFIG.value.task == 'autoencoder':
+      print(f'next: python train.py --config configs/mnist_latent.py '
+            f'--config.latent.autoencoder_workdir={workdir}')
+    else:
+      print(f'next: python sample.py --workdir {workdir} --out samples.png')
 
 
 def run() -> None:

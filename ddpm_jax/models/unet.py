@@ -57,15 +57,16 @@ class GroupNorm(nnx.GroupNorm):
 
 
 class ResBlock(nnx.Module):
-  """GroupNorm → SiLU → conv, + time embedding, GroupNorm → SiLU → dropout → conv."""
+  """GroupNorm → SiLU → conv, + time embedding, GroupNorm → SiLU → dropout → conv.
+  `temb_dim` 0: no time embedding (the autoencoder's blocks)."""
 
   def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float,
                groups: int, dtype, *, rngs: nnx.Rngs):
     self.norm1 = GroupNorm(cin, groups, epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.conv1 = nnx.Conv(cin, cout, (3, 3), kernel_init=_default_init,
                           dtype=dtype, rngs=rngs)
-    self.temb_proj = nnx.Linear(temb_dim, cout, kernel_init=_default_init,
-                                dtype=dtype, rngs=rngs)
+    self.temb_proj = (nnx.Linear(temb_dim, cout, kernel_init=_default_init,
+                                 dtype=dtype, rngs=rngs) if temb_dim else None)
     self.norm2 = GroupNorm(cout, groups, epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.conv2 = nnx.Conv(cout, cout, (3, 3), kernel_init=_zero_init,
                           dtype=dtype, rngs=rngs)
@@ -75,7 +76,8 @@ class ResBlock(nnx.Module):
 
   def __call__(self, x, temb, key):
     h = self.conv1(nnx.silu(self.norm1(x)))
-    h = h + self.temb_proj(nnx.silu(temb))[:, None, None, :]
+    if self.temb_proj is not None:
+      h = h + self.temb_proj(nnx.silu(temb))[:, None, None, :]
     h = _dropout(nnx.silu(self.norm2(h)), self.dropout, key)
     h = self.conv2(h)
     if self.skip is not None:

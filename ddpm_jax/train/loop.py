@@ -15,6 +15,7 @@ from ddpm_jax import checkpoint as ckpt_lib
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax import images as images_lib
+from ddpm_jax import latent as latent_lib
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sharding
 from ddpm_jax.train import step as step_lib
@@ -40,7 +41,10 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   batches = data_lib.Batches(source, t_cfg.batch_size, config.seed,
                              jax.process_index(), jax.process_count())
   mesh = sharding.make_mesh()
-  setup, state = step_lib.init_train_state(config)
+  ae_params = None
+  if config_lib.is_latent(config):  # the frozen autoencoder, copied in
+    config, ae_params = latent_lib.attach_autoencoder(config, mesh)
+  setup, state = step_lib.init_train_state(config, ae_params)
   lock = WorkdirLock(workdir)
   if is_main:
     lock.acquire()
@@ -57,7 +61,7 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
       else:
         state = sharding.replicate(state, mesh)
       return _loop(config, workdir, setup, state, batches, mesh, ckpt,
-                   is_main, progress, preempt)
+                   is_main, progress, preempt, source)
     finally:
       ckpt.wait()
       ckpt.close()
@@ -104,13 +108,11 @@ class _StepResults:
 
 
 def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
-          progress, preempt: Preemption) -> dict:
-  t_cfg, d = config.training, config.data
+          progress, preempt: Preemption, source) -> dict:
+  t_cfg = config.training
   train_step = step_lib.make_train_step(setup, mesh)
-  grid_fn = samplers_lib.make_sample_fn(
-      setup.eps_apply, config_lib.sampler_from_config(config),
-      (t_cfg.num_sample_images, d.image_size, d.image_size, d.channels), mesh,
-      null_label=d.num_classes)
+  grid = (_ReconstructionGrid(setup, source, mesh) if config.task == 'autoencoder'
+          else _SampleGrid(setup, mesh))
   writer = MetricsWriter(workdir, is_main)
   start = int(jax.device_get(state.step))
   t0 = t_log = time.time()
@@ -130,7 +132,11 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
 
   def save(done: int) -> None:
     results.flush()  # a non-finite step must stop before it is saved
-    ckpt.save(done, state.to_saveable(), {'config': json.loads(config.to_json())})
+    meta = {'config': json.loads(config.to_json())}
+    if config.task == 'autoencoder':  # every autoencoder checkpoint can serve
+      meta['latent_scale'] = latent_lib.latent_scale(
+          setup.ae.encode, state.ema_params, source, config)
+    ckpt.save(done, state.to_saveable(), meta)
 
   for step in range(start, t_cfg.num_steps):
     batch = sharding.shard_batch(batches.batch(step), mesh)
@@ -157,7 +163,10 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
               'command to resume', flush=True)
       break
     if (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last:
-      _write_grid(grid_fn, state, config, workdir, done, is_main)
+      x, nrow = grid(state, done)
+      if is_main:
+        images_lib.save_grid(x, os.path.join(workdir, 'samples',
+                                             f'step_{done:07d}.png'), nrow=nrow)
   pbar.close()
   results.flush()
   return {'step': int(jax.device_get(state.step)), 'final_loss': results.last_loss,
@@ -165,20 +174,58 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
           'skipped_steps': results.skipped, 'wall_time_s': time.time() - t0}
 
 
-def _write_grid(grid_fn, state, config, workdir, step, is_main) -> str:
-  """EMA samples; a class-conditional model gets one row per class."""
-  key = jax.random.fold_in(jax.random.key(config.seed), step)
-  n, nrow = config.training.num_sample_images, None
-  if config.model.class_conditional:
-    k = config.data.num_classes
-    y = np.arange(n, dtype=np.int32) * k // n      # sorted: row r is class r
-    nrow = n // k if n % k == 0 else None
-    x, _ = grid_fn(state.ema_params, key, y,
-                   np.float32(config.sampling.guidance_scale))
-  else:
-    x, _ = grid_fn(state.ema_params, key)
-  x = sharding.gather(x)  # every process takes part in the call
-  path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
-  if is_main:
-    images_lib.save_grid(x, path, nrow=nrow)
-  return path
+class _SampleGrid:
+  """EMA samples (a latent model's decoded); a class-conditional model gets
+  one row per class."""
+
+  def __init__(self, setup, mesh):
+    config = self.config = setup.config
+    n = config.training.num_sample_images
+    codec, apply = None, setup.eps_apply
+    if config_lib.is_latent(config):
+      codec = latent_lib.make_codec(config)
+      apply = lambda p, *a: setup.eps_apply(p['unet'], *a)
+    self.latent = codec is not None
+    self.fn = samplers_lib.make_sample_fn(
+        apply, config_lib.sampler_from_config(config),
+        (n,) + config_lib.unet_input_shape(config), mesh,
+        null_label=config.data.num_classes, codec=codec)
+
+  def __call__(self, state, step: int):
+    config = self.config
+    key = jax.random.fold_in(jax.random.key(config.seed), step)
+    params = ({'unet': state.ema_params, 'autoencoder': state.autoencoder}
+              if self.latent else state.ema_params)
+    n, nrow = config.training.num_sample_images, None
+    if config.model.class_conditional:
+      k = config.data.num_classes
+      y = np.arange(n, dtype=np.int32) * k // n      # sorted: row r is class r
+      nrow = n // k if n % k == 0 else None
+      x, _ = self.fn(params, key, y, np.float32(config.sampling.guidance_scale))
+    else:
+      x, _ = self.fn(params, key)
+    return sharding.gather(x), nrow  # every process takes part in the call
+
+
+class _ReconstructionGrid:
+  """The autoencoder's grid: rows of training images, each above its
+  reconstruction (the EMA encoder's posterior mean, decoded)."""
+
+  def __init__(self, setup, source, mesh):
+    config = setup.config
+    n = max(1, config.training.num_sample_images // 2)
+    self.nrow = min(n, 10)
+    n -= n % self.nrow
+    n = min(n, len(source))   # spread over the set (MNIST-5k is sorted by class)
+    images, _ = source.read(np.linspace(0, len(source) - 1, n).astype(np.int64))
+    self.x = data_lib.preprocess(jax.numpy.asarray(images), config.data.image_size,
+                                 False, None)
+    ae = setup.ae
+    self.fn = jax.jit(lambda p, x: ae.decode(p, ae.encode(p, x).mean))
+
+  def __call__(self, state, step: int):
+    rec = np.clip(np.asarray(self.fn(state.ema_params, self.x)), -1, 1)
+    x = np.asarray(self.x)
+    rows = [np.concatenate([x[i:i + self.nrow], rec[i:i + self.nrow]])
+            for i in range(0, len(x), self.nrow)]
+    return np.concatenate(rows), self.nrow

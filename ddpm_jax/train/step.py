@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
+from ddpm_jax.models.autoencoder import make_ae_fns, make_ae_loss
 from ddpm_jax.models.unet import make_apply, split_model
 from ddpm_jax.schedules import Schedule
 from ddpm_jax.xla_options import compiler_options
@@ -31,17 +32,22 @@ class TrainState:
   ema_params: Any
   opt_state: Any
   rng: jax.Array           # typed key; step keys are fold_in(rng, step)
+  autoencoder: Any = None  # a latent model's frozen autoencoder parameters
 
   def to_saveable(self) -> dict[str, Any]:
     """The dict the checkpoint stores (the key as its raw data)."""
-    return {'step': self.step, 'params': self.params,
-            'ema_params': self.ema_params, 'opt_state': self.opt_state,
-            'rng': jax.random.key_data(self.rng)}
+    d = {'step': self.step, 'params': self.params,
+         'ema_params': self.ema_params, 'opt_state': self.opt_state,
+         'rng': jax.random.key_data(self.rng)}
+    if self.autoencoder is not None:
+      d['autoencoder'] = self.autoencoder
+    return d
 
   @classmethod
   def from_saveable(cls, d: dict[str, Any]) -> 'TrainState':
     return cls(step=d['step'], params=d['params'], ema_params=d['ema_params'],
-               opt_state=d['opt_state'], rng=jax.random.wrap_key_data(d['rng']))
+               opt_state=d['opt_state'], rng=jax.random.wrap_key_data(d['rng']),
+               autoencoder=d.get('autoencoder'))
 
 
 def make_optimizer(t_cfg) -> optax.GradientTransformation:
@@ -57,35 +63,79 @@ def make_optimizer(t_cfg) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(t_cfg.grad_clip), optax.adam(lr))
 
 
+# objective(params, autoencoder_params, x_BHWC in [-1, 1], y_B or None,
+#   step_key) -> (loss, {name: scalar}) of one batch.
+Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
 @dataclasses.dataclass
 class Setup:
-  """Everything static built from a config: graphdef, apply, optimizer.
-  `apply` returns the network's raw output (config.diffusion.prediction);
-  `eps_apply` returns ε, for the samplers."""
+  """Everything static built from a config: graphdef, objective, optimizer.
+  For diffusion, `apply` returns the network's raw output
+  (config.diffusion.prediction) and `eps_apply` ε, for the samplers; for
+  the autoencoder both are None and `ae` holds its encode/decode."""
   config: Any
   graphdef: Any
-  apply: Callable
-  eps_apply: Callable
+  objective: Objective
+  apply: Callable | None
+  eps_apply: Callable | None
+  ae: Any
   tx: optax.GradientTransformation
-  schedule: Schedule
+  schedule: Schedule | None
   num_params: int
 
 
-def init_train_state(config) -> tuple[Setup, TrainState]:
-  """Builds the UNet and a fresh train state on the host."""
+def init_train_state(config, autoencoder_params: Any = None
+                     ) -> tuple[Setup, TrainState]:
+  """Builds the model and a fresh train state on the host; a latent model
+  gets its (frozen) autoencoder's parameters."""
   graphdef, params_state = split_model(config_lib.model_from_config(config))
   params = nnx.to_pure_dict(params_state)
   tx = make_optimizer(config.training)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      ema_params=jax.tree.map(jnp.copy, params),
                      opt_state=tx.init(params),
-                     rng=jax.random.key(config.seed))
+                     rng=jax.random.key(config.seed),
+                     autoencoder=autoencoder_params)
+  num_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  if config.task == 'autoencoder':
+    fns = make_ae_fns(graphdef)
+    a = config.autoencoder
+    ae_loss = make_ae_loss(fns, a.loss, a.kl_weight)
+
+    def objective(params, _, x, y, key):
+      loss, (rec, kl) = ae_loss(params, x, jax.random.split(key, 4)[1])
+      return loss, {'reconstruction': rec, 'kl': kl}
+    return Setup(config, graphdef, objective, None, None, fns, tx, None,
+                 num_params), state
   apply = make_apply(graphdef)
   schedule = config_lib.schedule_from_config(config)
-  setup = Setup(config, graphdef, apply,
-                config_lib.eps_apply_from_config(config, apply, schedule), tx,
-                schedule, sum(int(x.size) for x in jax.tree.leaves(params)))
-  return setup, state
+  loss_of = config_lib.loss_from_config(config, schedule)
+  to_latent = latent_encoder(config) if config_lib.is_latent(config) else None
+
+  def objective(params, ae_params, x, y, key):
+    k_drop, k_loss = jax.random.split(key, 4)[:2]
+    if to_latent is not None:
+      x = to_latent(ae_params, x, jax.random.fold_in(key, 4))
+    out_fn = lambda x_t, t: apply(params, x_t, t, y, k_drop)
+    return loss_of(out_fn, x, k_loss), {}
+  return Setup(config, graphdef, objective, apply,
+               config_lib.eps_apply_from_config(config, apply, schedule),
+               None, tx, schedule, num_params), state
+
+
+def latent_encoder(config) -> Callable:
+  """to_latent(ae_params, x_BHWC, key): a sample of the frozen encoder's
+  posterior, times the latent scale (what a latent model denoises)."""
+  graphdef, _ = split_model(nnx.eval_shape(
+      lambda: config_lib.autoencoder_from_config(config)))
+  encode = make_ae_fns(graphdef).encode
+  scale = float(config.latent.scale)
+
+  def to_latent(ae_params, x_BHWC, key):
+    z = encode(jax.lax.stop_gradient(ae_params), x_BHWC).sample(key)
+    return scale * z
+  return to_latent
 
 
 def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
@@ -97,13 +147,13 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   """
   config = setup.config
   t_cfg, d_cfg = config.training, config.data
-  conditional = bool(config.model.class_conditional)
-  apply, tx = setup.apply, setup.tx
-  loss_of = config_lib.loss_from_config(config, setup.schedule)
+  conditional = config.task == 'diffusion' and bool(config.model.class_conditional)
+  objective, tx = setup.objective, setup.tx
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     key = jax.random.fold_in(state.rng, state.step)
-    k_drop, k_loss, k_flip, k_label = jax.random.split(key, 4)
+    _, _, k_flip, k_label = jax.random.split(key, 4)  # objectives take the
+    # first two of this split: the pixel model's keys are what they always were
     x0 = data_lib.preprocess(batch['image'], d_cfg.image_size,
                              d_cfg.random_flip, k_flip)
     y = None
@@ -112,10 +162,9 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
       y = jnp.where(drop, d_cfg.num_classes, batch['label'])
 
     def loss_fn(params):
-      out_fn = lambda x, t: apply(params, x, t, y, k_drop)
-      return loss_of(out_fn, x0, k_loss)
+      return objective(params, state.autoencoder, x0, y, key)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -134,9 +183,9 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
         params=keep(params, state.params),
         ema_params=keep(ema, state.ema_params),
         opt_state=keep(opt_state, state.opt_state),
-        rng=state.rng)
+        rng=state.rng, autoencoder=state.autoencoder)
     metrics = {'loss': loss, 'grad_norm': grad_norm,
-               'finite': finite.astype(jnp.int32)}
+               'finite': finite.astype(jnp.int32), **aux}
     return new_state, metrics
 
   replicated = NamedSharding(mesh, P())

@@ -1,0 +1,107 @@
+"""Every sampler at several step counts on one trained MNIST model.
+
+  python benchmarks/samplers.py --workdir workdirs/mnist --num 1000 \
+      --steps 10,20,50 --out docs/samplers_cpu_mnist.jsonl --rows docs/samplers
+
+For each sampler (and Karras spacing for dpm++2m and euler) and step count it
+draws `--num` samples with one seed, labels 0-9 in turn at the config's
+guidance scale (as `evaluate` does), and reports the LeNet FD against the
+held-out images, the confident share and the requested-class share, and the
+seconds per sampling call (a call is one batch of the pipeline's default
+size; the first call, which compiles, is timed apart). One JSON line per run
+is appended to `--out`; with `--rows`, the first ten samples (classes 0-9) of
+each sampler at `--row-steps` steps are written as one PNG row per sampler.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from ddpm_jax import images as images_lib
+from ddpm_jax import sharding
+from ddpm_jax.metrics import mnist_lenet
+from ddpm_jax.pipeline import load
+from recipes import cpu_name  # benchmarks/ is on the path when run as a script
+
+RUNS = [('ddpm', None), ('ddim', None), ('dpm++2m', None), ('dpm++2m', 'karras'),
+        ('euler', None), ('euler', 'karras'), ('euler_a', None), ('heun', None),
+        ('dpm2', None)]
+
+
+def timed_run(pipe, req):
+  """(samples, seconds of the first call, mean seconds of the later calls):
+  Pipeline.run's loop, with each call timed."""
+  fn = pipe._sample_fn(req.fn_args, req.batch)
+  root = jax.random.key(req.seed)
+  scale = None if req.scale is None else np.float32(req.scale)
+  xs, times = [], []
+  for k, i in enumerate(range(0, req.num, req.batch)):
+    n = min(req.batch, req.num - i)
+    pad = lambda a: None if a is None else _pad(a[i:i + n], req.batch)
+    t0 = time.perf_counter()
+    x, _ = fn(pipe.params, root if k == 0 else jax.random.fold_in(root, k),
+              pad(req.y), scale, None, None)
+    x = np.asarray(sharding.gather(x))[:n]
+    times.append(time.perf_counter() - t0)
+    xs.append(x)
+  later = times[1:] or times
+  return np.concatenate(xs), times[0], float(np.mean(later))
+
+
+def _pad(a, n):
+  return a if len(a) == n else np.concatenate([a, np.repeat(a[:1], n - len(a), 0)])
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--workdir', default='workdirs/mnist')
+  ap.add_argument('--num', type=int, default=1000)
+  ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--steps', default='10,20,50')
+  ap.add_argument('--runs', default=None,
+                  help='sampler[:karras],... (default: all nine)')
+  ap.add_argument('--out', default='/tmp/samplers.jsonl')
+  ap.add_argument('--rows', default=None, help='folder for the PNG rows')
+  ap.add_argument('--row-steps', type=int, default=20)
+  args = ap.parse_args()
+  runs = RUNS if not args.runs else [
+      tuple(r.split(':')) if ':' in r else (r, None) for r in args.runs.split(',')]
+  pipe = load(args.workdir)
+  classifier, held, _ = mnist_lenet.mnist_classifier(
+      os.path.join(args.workdir, 'eval'))
+  k = pipe.num_classes
+  labels = list(np.arange(args.num) % k) if k else None
+  w = pipe.config.sampling.guidance_scale if k else None
+  cpu = cpu_name()
+  if args.rows:
+    os.makedirs(args.rows, exist_ok=True)
+  for steps in [int(s) for s in args.steps.split(',')]:
+    for name, spacing in runs:
+      options = {'spacing': spacing} if spacing else {}
+      req = pipe.request(args.num, args.seed, sampler=name, num_steps=steps,
+                         labels=labels, guidance_scale=w, **options)
+      x, first, per_call = timed_run(pipe, req)
+      m = mnist_lenet.mnist_metrics(classifier, x, held)
+      if k:
+        _, probs = mnist_lenet.classify(classifier, x)
+        m['requested_class_accuracy'] = float(
+            (probs.argmax(1) == np.arange(len(x)) % k).mean())
+      row = dict(sampler=name, spacing=spacing or 'model', steps=steps,
+                 num=args.num, batch=req.batch, guidance_scale=w,
+                 seconds_per_call=round(per_call, 2),
+                 first_call_seconds=round(first, 2), step=pipe.step, cpu=cpu,
+                 jax=jax.__version__, **m)
+      print(json.dumps(row), flush=True)
+      with open(args.out, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+      if args.rows and steps == args.row_steps:
+        tag = name.replace('+', 'p') + ('_karras' if spacing else '')
+        images_lib.save_grid(x[:10], os.path.join(args.rows, f'{tag}.png'), nrow=10)
+
+
+if __name__ == '__main__':
+  main()
