@@ -4,7 +4,7 @@ Run (before configs/mnist_latent.py, which names this workdir):
   python train.py --config configs/mnist_autoencoder.py --workdir workdirs/mnist_autoencoder
   python -m ddpm_jax.cli.evaluate --workdir workdirs/mnist_autoencoder
 
-Images are resized from 28×28 to 32×32 so that f = 4 gives an 8×8×4 latent
+Images are padded from 28×28 to 32×32 so that f = 4 gives an 8×8×4 latent
 (the UNet can halve it once). L1 reconstruction + 1e-6·KL, as LDM; the
 latent scale (1 / std of the latents) is stored in every checkpoint.
 The grid shows rows of training images, each above its reconstruction.
@@ -19,6 +19,7 @@ def get_config():
   c = base_config()
   c.task = 'autoencoder'
   c.data.image_size = 32
+  c.data.resize = 'pad'       # 28 → 32 with a black border; evaluation crops back
   c.autoencoder.ch = 32
   c.autoencoder.ch_mult = (1, 2, 2)
   c.autoencoder.num_res_blocks = 1
@@ -27,7 +28,7 @@ def get_config():
   c.autoencoder.loss = 'l1'
   c.autoencoder.kl_weight = 1e-6
   c.training.learning_rate = 1e-3
-  c.training.num_steps = 1000
-  c.training.checkpoint_every = 250
+  c.training.num_steps = 600
+  c.training.checkpoint_every = 200
   c.training.num_sample_images = 40
   return c

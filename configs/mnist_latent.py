@@ -23,6 +23,7 @@ from ddpm_jax.config import load_config_file
 def get_config():
   c = load_config_file(os.path.join(os.path.dirname(__file__), 'mnist.py'))
   c.data.image_size = 32
+  c.data.resize = 'pad'       # 28 → 32 with a black border; evaluation crops back
   c.latent.autoencoder_workdir = 'workdirs/mnist_autoencoder'
   c.model.ch = 64
   c.model.num_groups = 8

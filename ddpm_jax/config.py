@@ -40,7 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = 'mnist5k'       # 'mnist5k' (embedded) or a TFDS name
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data.split = 'train'
-  c.data.image_size = 28        # images are resized to this if it differs
+  c.data.image_size = 28        # images are brought to this size if it differs:
+  c.data.resize = 'bilinear'    # resized, or 'pad': centred on black (-1)
   c.data.channels = 1
   c.data.num_classes = 10
   c.data.random_flip = False
@@ -169,7 +170,7 @@ def unet_input_shape(config) -> tuple[int, int, int]:
 RESUME_FIXED = ('seed', 'diffusion.schedule', 'diffusion.num_timesteps',
                 'diffusion.beta_start', 'diffusion.beta_end',
                 'diffusion.prediction', 'data.name',
-                'data.split', 'data.image_size', 'data.channels',
+                'data.split', 'data.image_size', 'data.resize', 'data.channels',
                 'training.batch_size')
 
 
@@ -200,6 +201,8 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError(f'{bad[0]} is {bad[1]}; every number in a config must '
                       'be finite')
   t, m, d = config.training, config.model, config.data
+  if d.resize not in ('bilinear', 'pad'):
+    raise ConfigError(f"data.resize must be 'bilinear' or 'pad', got {d.resize!r}")
   if config.task not in ('diffusion', 'autoencoder'):
     raise ConfigError(f"task must be 'diffusion' or 'autoencoder', got {config.task!r}")
   if config.task == 'autoencoder':

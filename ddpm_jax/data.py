@@ -130,16 +130,24 @@ class Batches:
     return {'image': images, 'label': labels}
 
 
+RESIZE_MODES = ('bilinear', 'pad')
+
+
 def preprocess(image_BHWC: jax.Array, image_size: int, random_flip: bool,
-               key: jax.Array | None) -> jax.Array:
+               key: jax.Array | None, resize: str = 'bilinear') -> jax.Array:
   """uint8 → float32 in [-1, 1] (float input is taken as already scaled),
-  resized to `image_size`, optionally flipped."""
+  brought to `image_size` (resize 'bilinear', or 'pad': centred on a
+  background of -1, e.g. MNIST 28 → 32 exactly), optionally flipped."""
   if jnp.issubdtype(image_BHWC.dtype, jnp.floating):
     x = image_BHWC.astype(jnp.float32)
   else:
     x = image_BHWC.astype(jnp.float32) / 127.5 - 1.0
   B, H, W, C = x.shape
-  if (H, W) != (image_size, image_size):
+  if (H, W) != (image_size, image_size) and resize == 'pad' and max(H, W) <= image_size:
+    top, left = (image_size - H) // 2, (image_size - W) // 2
+    x = jnp.pad(x, ((0, 0), (top, image_size - H - top),
+                    (left, image_size - W - left), (0, 0)), constant_values=-1.0)
+  elif (H, W) != (image_size, image_size):
     x = jax.image.resize(x, (B, image_size, image_size, C), 'bilinear')
   if random_flip and key is not None:
     flip = jax.random.bernoulli(key, 0.5, (B, 1, 1, 1))

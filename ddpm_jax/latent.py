@@ -39,11 +39,11 @@ def latent_scale(encode, params, source: data_lib.Source, config,
   """1 / std of posterior samples z ~ q(z | x) over the first
   `autoencoder.scale_images` training images (one fixed key)."""
   n = min(len(source), int(config.autoencoder.scale_images))
-  size = config.data.image_size
+  size, resize = config.data.image_size, config.data.resize
 
   @jax.jit
   def sample(params, images, key):
-    x = data_lib.preprocess(images, size, False, None)
+    x = data_lib.preprocess(images, size, False, None, resize)
     return encode(params, x).sample(key)
 
   s1 = s2 = count = 0.0
@@ -100,11 +100,12 @@ def attach_autoencoder(config, mesh: Mesh) -> tuple[ml_collections.ConfigDict, A
   ae_cfg, params, scale, step = restore_autoencoder(
       lat.autoencoder_workdir, lat.autoencoder_step, mesh)
   d, ad = config.data, ae_cfg.data
-  if (ad.image_size, ad.channels) != (d.image_size, d.channels):
+  if (ad.image_size, ad.channels, ad.resize) != (d.image_size, d.channels, d.resize):
     raise UserError(
         f'the autoencoder in {lat.autoencoder_workdir} was trained on '
-        f'{ad.image_size}x{ad.image_size}x{ad.channels} images; this config '
-        f'has data.image_size={d.image_size}, data.channels={d.channels}')
+        f'{ad.image_size}x{ad.image_size}x{ad.channels} images ({ad.resize}); '
+        f'this config has data.image_size={d.image_size}, data.channels='
+        f'{d.channels}, data.resize={d.resize}')
   out = ml_collections.ConfigDict(config.to_dict())
   out.latent.autoencoder = ml_collections.ConfigDict(ae_cfg.autoencoder.to_dict())
   out.latent.scale = scale

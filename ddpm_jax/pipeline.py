@@ -336,16 +336,21 @@ def abstract_params(config) -> tuple[nnx.GraphDef, Any]:
   return graphdef, nnx.to_pure_dict(state)
 
 
-def open_pipeline(workdir: str, step: int | None = None,
-                  mesh: Mesh | None = None) -> Pipeline:
-  """A Pipeline with the checkpoint's config and no parameters yet: every
-  request can be checked before the (slow) restore."""
+def read_config(workdir: str, step: int | None = None):
+  """(step, the config) of a checkpoint (default: the latest)."""
   ckpt = Checkpointer(workdir, read_only=True)
   try:
     step, meta = ckpt.read_meta(step)
   finally:
     ckpt.close()
-  config = config_lib.config_from_dict(meta['config'])
+  return step, config_lib.config_from_dict(meta['config'])
+
+
+def open_pipeline(workdir: str, step: int | None = None,
+                  mesh: Mesh | None = None) -> Pipeline:
+  """A Pipeline with the checkpoint's config and no parameters yet: every
+  request can be checked before the (slow) restore."""
+  step, config = read_config(workdir, step)
   if config.task != 'diffusion':
     raise UserError(f'{workdir} holds an autoencoder, which does not sample: '
                     'train a latent model on it (configs/mnist_latent.py)')

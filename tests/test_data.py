@@ -68,3 +68,14 @@ def test_unprepared_tfds_dataset_gives_one_clear_line(tmp_path):
     data_lib.load_source(_cfg('cifar10', str(tmp_path)))
   msg = str(e.value)
   assert '\n' not in msg and "'cifar10'" in msg and 'download_and_prepare' in msg
+
+
+def test_pad_centres_the_image_on_black_and_never_resamples():
+  img = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+  x = np.asarray(data_lib.preprocess(jnp.asarray(img), 32, False, None, 'pad'))
+  assert x.shape == (2, 32, 32, 1)
+  unpadded = np.asarray(data_lib.preprocess(jnp.asarray(img), 28, False, None))
+  np.testing.assert_array_equal(x[:, 2:30, 2:30], unpadded)
+  border = np.ones((32, 32), bool)
+  border[2:30, 2:30] = False
+  assert np.all(x[:, border] == -1.0)

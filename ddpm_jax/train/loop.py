@@ -219,7 +219,7 @@ class _ReconstructionGrid:
     n = min(n, len(source))   # spread over the set (MNIST-5k is sorted by class)
     images, _ = source.read(np.linspace(0, len(source) - 1, n).astype(np.int64))
     self.x = data_lib.preprocess(jax.numpy.asarray(images), config.data.image_size,
-                                 False, None)
+                                 False, None, config.data.resize)
     ae = setup.ae
     self.fn = jax.jit(lambda p, x: ae.decode(p, ae.encode(p, x).mean))
 

@@ -155,7 +155,7 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
     _, _, k_flip, k_label = jax.random.split(key, 4)  # objectives take the
     # first two of this split: the pixel model's keys are what they always were
     x0 = data_lib.preprocess(batch['image'], d_cfg.image_size,
-                             d_cfg.random_flip, k_flip)
+                             d_cfg.random_flip, k_flip, d_cfg.resize)
     y = None
     if conditional:
       drop = jax.random.bernoulli(k_label, t_cfg.label_dropout, batch['label'].shape)
