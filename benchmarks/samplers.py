@@ -56,6 +56,25 @@ def _pad(a, n):
   return a if len(a) == n else np.concatenate([a, np.repeat(a[:1], n - len(a), 0)])
 
 
+def print_table(path: str) -> None:
+  """A Markdown table: one row per sampler and spacing, FD / confident share
+  / seconds per call at each step count."""
+  rows = [json.loads(l) for l in open(path)]
+  steps = sorted({r['steps'] for r in rows})
+  keys = list(dict.fromkeys((r['sampler'], r['spacing']) for r in rows))
+  print('| sampler | σ spacing | ' + ' | '.join(
+      f'{n} steps: FD / conf. / s per call' for n in steps) + ' |')
+  print('| --- | --- |' + ' --- |' * len(steps))
+  for name, spacing in keys:
+    cells = []
+    for n in steps:
+      r = next((r for r in rows if (r['sampler'], r['spacing'], r['steps'])
+                == (name, spacing, n)), None)
+      cells.append('' if r is None else
+                   f"{r['fd']:.1f} / {r['confident_share']:.3f} / {r['seconds_per_call']:.1f}")
+    print(f'| {name} | {spacing} | ' + ' | '.join(cells) + ' |')
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--workdir', default='workdirs/mnist')
@@ -67,7 +86,12 @@ def main() -> None:
   ap.add_argument('--out', default='/tmp/samplers.jsonl')
   ap.add_argument('--rows', default=None, help='folder for the PNG rows')
   ap.add_argument('--row-steps', type=int, default=20)
+  ap.add_argument('--table', default=None,
+                  help='print the README table of this JSON-lines file and exit')
   args = ap.parse_args()
+  if args.table:
+    print_table(args.table)
+    return
   runs = RUNS if not args.runs else [
       tuple(r.split(':')) if ':' in r else (r, None) for r in args.runs.split(',')]
   pipe = load(args.workdir)

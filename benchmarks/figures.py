@@ -1,0 +1,96 @@
+"""The README's outpainting and latent-diffusion figures.
+
+  python benchmarks/figures.py --workdir workdirs/mnist --latent workdirs/mnist_latent \
+      --autoencoder workdirs/mnist_autoencoder --out docs
+
+- <out>/outpaint.png: the original (examples/digit.png), the 36×36 canvas with
+  the border to generate in grey, and three seeds (label 7, the config's
+  guidance);
+- <out>/latent_samples.png: 40 samples of the latent model, one row per digit;
+- <out>/latent_reconstructions.png: held-out digits above their autoencoder
+  reconstructions;
+- <out>/latent_img2img.png: examples/digit32.png, then img2img at strengths
+  0.3, 0.5, 0.7, 0.9;
+- <out>/latent_inpaint.png: the image, the mask (right half), then two seeds
+  with the known pixels pasted back after decoding, then the same two seeds
+  without pasting.
+"""
+
+import argparse
+import os
+
+import jax
+import numpy as np
+
+from ddpm_jax import images as images_lib
+from ddpm_jax import latent as latent_lib
+from ddpm_jax import sharding
+from ddpm_jax.metrics import mnist_lenet
+from ddpm_jax.models.autoencoder import make_ae_fns
+from ddpm_jax.pipeline import load
+
+
+def outpaint(workdir: str, out: str) -> None:
+  pipe = load(workdir)
+  x = images_lib.read_image('examples/digit.png', 1, 'digit')
+  m = (4, 4, 4, 4)
+  outs = pipe.sample(num=3, seed=0, init_image=x, outpaint=m, labels=[7],
+                     guidance_scale=pipe.config.sampling.guidance_scale)
+  orig = np.full((36, 36, 1), -1.0, np.float32)
+  orig[4:32, 4:32] = x
+  canvas = np.zeros((36, 36, 1), np.float32)   # grey: to generate
+  canvas[4:32, 4:32] = x
+  images_lib.save_grid(np.concatenate([orig[None], canvas[None], outs]),
+                       os.path.join(out, 'outpaint.png'), nrow=5)
+
+
+def latent_figures(latent: str, autoencoder: str, out: str) -> None:
+  pipe = load(latent)
+  k = pipe.num_classes
+  x = pipe.sample(num=40, seed=0, labels=list(range(k)),
+                  guidance_scale=pipe.config.sampling.guidance_scale)
+  images_lib.save_grid(x, os.path.join(out, 'latent_samples.png'), nrow=4)
+
+  cfg, params, _, _ = latent_lib.restore_autoencoder(autoencoder, -1,
+                                                     sharding.make_mesh())
+  graphdef, _ = latent_lib.abstract_autoencoder(cfg.autoencoder, 1)
+  fns = make_ae_fns(graphdef)
+  _, held, _ = mnist_lenet.mnist_classifier(os.path.join(autoencoder, 'eval'))
+  held = held[np.linspace(0, len(held) - 1, 10).astype(int)]
+  held = np.pad(held, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
+  rec = np.clip(np.asarray(jax.jit(lambda p, x: fns.decode(p, fns.encode(p, x).mean))(
+      params, held)), -1, 1)
+  images_lib.save_grid(np.concatenate([held, rec]),
+                       os.path.join(out, 'latent_reconstructions.png'), nrow=10)
+
+  digit = images_lib.read_image('examples/digit32.png', 1, 'digit')
+  mask = (images_lib.read_image('examples/mask32.png', 1, 'mask') > 0).astype(np.float32)
+  w = pipe.config.sampling.guidance_scale
+  row = [digit[None]] + [pipe.sample(num=1, seed=0, init_image=digit, strength=s,
+                                     labels=[7], guidance_scale=w)
+                         for s in (0.3, 0.5, 0.7, 0.9)]
+  images_lib.save_grid(np.concatenate(row), os.path.join(out, 'latent_img2img.png'),
+                       nrow=5)
+  kw = dict(num=2, seed=0, init_image=digit, mask=mask, labels=[7], guidance_scale=w)
+  pasted = pipe.sample(**kw)
+  raw = pipe.sample(**kw, paste_known=False)
+  images_lib.save_grid(np.concatenate([digit[None], mask[None] * 2 - 1, pasted, raw]),
+                       os.path.join(out, 'latent_inpaint.png'), nrow=6)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--workdir', default=None, help='pixel model (outpainting)')
+  ap.add_argument('--latent', default=None)
+  ap.add_argument('--autoencoder', default=None)
+  ap.add_argument('--out', default='docs')
+  args = ap.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  if args.workdir:
+    outpaint(args.workdir, args.out)
+  if args.latent:
+    latent_figures(args.latent, args.autoencoder, args.out)
+
+
+if __name__ == '__main__':
+  main()
