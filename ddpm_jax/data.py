@@ -82,8 +82,10 @@ def load_source(data_cfg) -> Source:
     raise DataError(f"TFDS has no dataset named '{data_cfg.name}'") from e
   # What tfds raises for a dataset that is not prepared (as array_record):
   # NotImplementedError (only TFRecord files), AssertionError or
-  # FileNotFoundError (no files), ValueError (no such split).
-  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as e:
+  # FileNotFoundError (no files), ValueError (no such split), KeyError (no
+  # data directory at all: "`splits` is empty").
+  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError,
+          KeyError) as e:
     where = data_cfg.data_dir or '~/tensorflow_datasets'
     raise DataError(
         f"TFDS dataset '{data_cfg.name}' split '{data_cfg.split}' is not "

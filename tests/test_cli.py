@@ -180,7 +180,15 @@ def test_unknown_key_on_the_default_config_and_unprepared_data(tmp_path):
   r = _run('train.py', f'--config={os.path.join(REPO, "configs", "cifar10.py")}',
            f'--config.data.data_dir={tmp_path / "tfds"}', f'--workdir={tmp_path / "b"}')
   _assert_one_line_error(r, "TFDS dataset 'cifar10'", 'download_and_prepare')
-  assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
+  # no data_dir and no ~/tensorflow_datasets at all (tfds: KeyError)
+  env = {k: v for k, v in os.environ.items() if k != 'TFDS_DATA_DIR'}
+  env['HOME'] = str(tmp_path / 'home')
+  r = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'),
+                      f'--config={os.path.join(REPO, "configs", "fashion_mnist_autoencoder.py")}',
+                      f'--workdir={tmp_path / "c"}'], capture_output=True, text=True,
+                     cwd=REPO, timeout=300, env=env)
+  _assert_one_line_error(r, "TFDS dataset 'fashion_mnist'", 'download_and_prepare')
+  assert not any((tmp_path / d).exists() for d in 'abc')
 
 
 def test_sample_writes_only_the_files_named(trained, tmp_path):
