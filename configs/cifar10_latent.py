@@ -9,11 +9,15 @@ mult (1, 2, 2), 2 blocks, attention at 8×8), v-prediction and guidance 1.5
 as the MNIST default. Not run: no figure is claimed.
 """
 
-from ddpm_jax.config import base_config
+import os
+
+from ddpm_jax.config import base_config, load_config_file
 
 
 def get_config():
   c = base_config()
+  c.autoencoder = load_config_file(os.path.join(
+      os.path.dirname(__file__), 'cifar10_autoencoder.py')).autoencoder
   c.data.name = 'cifar10'
   c.data.image_size = 32
   c.data.channels = 3

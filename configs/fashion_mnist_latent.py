@@ -16,7 +16,10 @@ from ddpm_jax.config import load_config_file
 
 
 def get_config():
-  c = load_config_file(os.path.join(os.path.dirname(__file__), 'mnist_latent.py'))
+  here = os.path.dirname(__file__)
+  c = load_config_file(os.path.join(here, 'mnist_latent.py'))
+  c.autoencoder = load_config_file(
+      os.path.join(here, 'fashion_mnist_autoencoder.py')).autoencoder
   c.data.name = 'fashion_mnist'
   c.latent.autoencoder_workdir = 'workdirs/fashion_mnist_autoencoder'
   c.training.num_steps = 10_000

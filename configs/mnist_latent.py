@@ -21,7 +21,9 @@ from ddpm_jax.config import load_config_file
 
 
 def get_config():
-  c = load_config_file(os.path.join(os.path.dirname(__file__), 'mnist.py'))
+  here = os.path.dirname(__file__)
+  c = load_config_file(os.path.join(here, 'mnist.py'))
+  c.autoencoder = load_config_file(os.path.join(here, 'mnist_autoencoder.py')).autoencoder
   c.data.image_size = 32
   c.data.resize = 'pad'       # 28 → 32 with a black border; evaluation crops back
   c.latent.autoencoder_workdir = 'workdirs/mnist_autoencoder'

@@ -78,8 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.latent = ml_collections.ConfigDict()
   c.latent.autoencoder_workdir = ''
   c.latent.autoencoder_step = -1
-  # Filled in by training from the autoencoder's checkpoint; not for users.
-  c.latent.autoencoder = ml_collections.ConfigDict()
+  # A latent config declares its autoencoder's shape in `autoencoder` (the
+  # UNet's input is data.image_size / f by z_channels); training replaces
+  # that section with the trained autoencoder's and fills in (not for users):
   c.latent.scale = 0.0
   c.latent.fingerprint = ''
 
@@ -153,11 +154,11 @@ def autoencoder_factor(ae_cfg) -> int:
 
 
 def unet_input_shape(config) -> tuple[int, int, int]:
-  """(H, W, C) the UNet denoises: the image's, or for a latent model (once
-  its autoencoder is attached) the latent's."""
+  """(H, W, C) the UNet denoises: the image's, or for a latent model the
+  latent's (of the `autoencoder` section)."""
   d = config.data
-  if is_latent(config) and config.latent.autoencoder:
-    ae = config.latent.autoencoder
+  if is_latent(config):
+    ae = config.autoencoder
     size = d.image_size // autoencoder_factor(ae)
     return (size, size, int(ae.z_channels))
   return (d.image_size, d.image_size, d.channels)
@@ -205,7 +206,7 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError(f"data.resize must be 'bilinear' or 'pad', got {d.resize!r}")
   if config.task not in ('diffusion', 'autoencoder'):
     raise ConfigError(f"task must be 'diffusion' or 'autoencoder', got {config.task!r}")
-  if config.task == 'autoencoder':
+  if config.task == 'autoencoder' or is_latent(config):
     _validate_autoencoder(config.autoencoder, d)
   if t.batch_size <= 0:
     raise ConfigError(f'training.batch_size must be positive, got {t.batch_size}')
@@ -275,13 +276,11 @@ def _validate_unet(config) -> None:
                       f'got {m.dtype!r}')
   if m.patch_size < 1:
     raise ConfigError(f'model.patch_size must be >= 1, got {m.patch_size}')
-  if is_latent(config) and not config.latent.autoencoder:
-    return  # the latent's shape is known once the autoencoder is attached
   from ddpm_jax.models.unet import downsample_factor  # flax: load on use
   factor = downsample_factor(m.ch_mult, m.patch_size)
   size = unet_input_shape(config)[0]
   what = (f'the latent size {size} (data.image_size={d.image_size} / '
-          f'f={autoencoder_factor(config.latent.autoencoder)})'
+          f'f={autoencoder_factor(config.autoencoder)})'
           if size != d.image_size else f'data.image_size={d.image_size}')
   if size <= 0 or size % factor:
     patch = f' and patch_size={m.patch_size}' if m.patch_size > 1 else ''
@@ -407,7 +406,7 @@ def autoencoder_from_config(config):
   """A latent model's autoencoder (shapes only matter: its parameters come
   from the checkpoint)."""
   from ddpm_jax.models.autoencoder import build_autoencoder
-  return build_autoencoder(config.latent.autoencoder, config.data.channels)
+  return build_autoencoder(config.autoencoder, config.data.channels)
 
 
 _SAMPLER_OPTION_VALUES = {

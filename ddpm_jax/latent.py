@@ -5,9 +5,10 @@
   checkpoint's metadata;
 - `restore_autoencoder`: a trained autoencoder's config, EMA parameters and
   scale, read from its workdir;
-- `attach_autoencoder`: a latent model's config with the autoencoder filled
-  in (its config section, scale and fingerprint), so that the latent model's
-  checkpoints are self-contained;
+- `attach_autoencoder`: a latent model's config with the autoencoder's
+  config section (replacing the one the config declared), scale and
+  fingerprint filled in, so that the latent model's checkpoints are
+  self-contained;
 - `make_codec`: encode/decode between pixels and scaled latents, for the
   samplers.
 """
@@ -107,7 +108,7 @@ def attach_autoencoder(config, mesh: Mesh) -> tuple[ml_collections.ConfigDict, A
         f'this config has data.image_size={d.image_size}, data.channels='
         f'{d.channels}, data.resize={d.resize}')
   out = ml_collections.ConfigDict(config.to_dict())
-  out.latent.autoencoder = ml_collections.ConfigDict(ae_cfg.autoencoder.to_dict())
+  out.autoencoder = ml_collections.ConfigDict(ae_cfg.autoencoder.to_dict())
   out.latent.scale = scale
   out.latent.fingerprint = fingerprint(params, scale)
   config_lib.validate(out, jax.device_count())
@@ -117,7 +118,7 @@ def attach_autoencoder(config, mesh: Mesh) -> tuple[ml_collections.ConfigDict, A
 def make_codec(config) -> Codec:
   """Pixels <-> scaled latents for a latent model's samplers; `params` is
   {'unet': ..., 'autoencoder': ...}. Encoding takes the posterior mean."""
-  graphdef, _ = abstract_autoencoder(config.latent.autoencoder,
+  graphdef, _ = abstract_autoencoder(config.autoencoder,
                                      config.data.channels)
   fns = make_ae_fns(graphdef)
   scale = float(config.latent.scale)
@@ -127,4 +128,4 @@ def make_codec(config) -> Codec:
 
   def decode(params, z):
     return jnp.clip(fns.decode(params['autoencoder'], z / scale), -1.0, 1.0)
-  return Codec(encode, decode, config_lib.autoencoder_factor(config.latent.autoencoder))
+  return Codec(encode, decode, config_lib.autoencoder_factor(config.autoencoder))

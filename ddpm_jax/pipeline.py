@@ -299,7 +299,7 @@ class Pipeline:
           self.step, 'ema_params' if use_ema else 'params', abstract, self.mesh)
       if self.codec is not None:
         _, ae_abstract = latent_lib.abstract_autoencoder(
-            self.config.latent.autoencoder, self.config.data.channels)
+            self.config.autoencoder, self.config.data.channels)
         params = {'unet': params, 'autoencoder': ckpt.restore_params(
             self.step, 'autoencoder', ae_abstract, self.mesh)}
       self.params = params

@@ -30,3 +30,18 @@ def test_eps_apply_and_loss_follow_the_prediction_target():
   c.diffusion.loss_weighting = 'min_snr'
   loss = config_lib.loss_from_config(c)
   assert np.isfinite(float(loss(lambda x, t: x, x, __import__('jax').random.key(0))))
+
+
+def test_every_shipped_config_validates():
+  import glob
+  import os
+  from conftest import REPO
+  paths = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
+  assert len(paths) >= 12
+  for path in paths:
+    c = config_lib.load_config_file(path)
+    config_lib.validate(c)
+    if config_lib.is_latent(c):   # the UNet sees the declared autoencoder's latent
+      f = config_lib.autoencoder_factor(c.autoencoder)
+      assert config_lib.unet_input_shape(c) == (
+          c.data.image_size // f, c.data.image_size // f, c.autoencoder.z_channels)

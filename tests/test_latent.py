@@ -36,6 +36,7 @@ def _ae_config():
 def _latent_config(ae_workdir):
   c = config_lib.load_config_file(os.path.join(REPO, 'configs', 'tiny.py'))
   c.latent.autoencoder_workdir = str(ae_workdir)
+  c.autoencoder = _ae_config().autoencoder
   c.model.class_conditional = True
   c.model.attn_resolutions = (2,)       # the 4×4 latent's second level
   c.sampling.clip_x0 = False
@@ -153,7 +154,9 @@ def _one_line(r, needle):
 
 
 TINY = os.path.join(REPO, 'configs', 'tiny.py')
-LATENT_FLAGS = ['--config.model.attn_resolutions=(2,)', '--config.sampling.clip_x0=False']
+LATENT_FLAGS = ['--config.model.attn_resolutions=(2,)', '--config.sampling.clip_x0=False',
+                '--config.autoencoder.ch=8', '--config.autoencoder.ch_mult=(1,2)',
+                '--config.autoencoder.num_groups=4']
 
 
 def test_resume_with_another_autoencoder_is_refused(trained, tmp_path):
@@ -188,7 +191,7 @@ def test_bad_autoencoder_workdirs_are_one_line(trained, tmp_path):
            f'--config.latent.autoencoder_workdir={trained / "ae"}')
   _one_line(r, 'the latent size 4 (data.image_size=8 / f=2) cannot be halved 3 times')
   r = _run(f'--config={TINY}', f'--workdir={tmp_path / "out"}', *LATENT_FLAGS,
-           '--config.data.image_size=16',
+           '--config.data.image_size=4',
            f'--config.latent.autoencoder_workdir={trained / "ae"}')
   _one_line(r, 'was trained on 8x8x1 images')
   r = subprocess.run([sys.executable, os.path.join(REPO, 'sample.py'),
