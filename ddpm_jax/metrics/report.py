@@ -116,6 +116,9 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
     raise UserError('the offline FD works on 28x28 MNIST-like models; this one '
                     f'makes {d.image_size}x{d.image_size}x{d.channels}: pass '
                     '--inception_weights for the Inception FID')
+  if bpd_images and pipe.codec is not None:
+    raise UserError('--bpd_images needs a pixel model: a latent model has no '
+                    'discrete pixel likelihood')
   if bpd_images and not mnist_like:
     raise UserError('--bpd_images uses the held-out MNIST images; this model '
                     'is not MNIST-like')
