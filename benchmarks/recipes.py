@@ -3,9 +3,9 @@
   python benchmarks/recipes.py --budget 150 --recipes base,small --out /tmp/recipes.jsonl
   python benchmarks/recipes.py --probe --recipes base,small,patch2_v   # step times only
 
-Each recipe is the MNIST default (`configs/mnist.py`) plus a few overrides.
-It trains in a fresh workdir until `--budget` seconds have passed since
-`train()` was called (start-up and compilation count: a user waits for them
+Each recipe is `base_config()` (the paper's recipe at MNIST size), or the
+config file its key 'config' names, plus a few overrides. It trains in a
+fresh workdir until `--budget` seconds have passed since `train()` was called (start-up and compilation count: a user waits for them
 too), stopping through the same event a SIGTERM sets, so the last step is
 checkpointed. Then `evaluate` draws `--num` samples with the given sampler and
 reports the LeNet FD, the confident share (and the held-out real images'),
@@ -55,6 +55,10 @@ RECIPES = {
     # class labels; evaluated with labels 0-9 in turn at guidance scale 3
     'small_v_cond': {**SMALL, 'diffusion.prediction': 'v',
                      'model.class_conditional': True, 'sampling.guidance_scale': 3.0},
+    # latent vs pixel at equal wall-clock: the default and the latent default
+    # (whose autoencoder, workdirs/mnist_autoencoder, must be trained first)
+    'pixel_default': {'config': 'configs/mnist.py'},
+    'latent_default': {'config': 'configs/mnist_latent.py'},
 }
 
 
@@ -71,8 +75,12 @@ def cpu_name() -> str:
 
 
 def recipe_config(overrides: dict):
-  from ddpm_jax.config import base_config
-  config = base_config()
+  """base_config (or the config file named by the key 'config') plus the
+  dotted overrides."""
+  from ddpm_jax.config import base_config, load_config_file
+  overrides = dict(overrides)
+  path = overrides.pop('config', None)
+  config = load_config_file(path) if path else base_config()
   for dotted, value in overrides.items():
     *path, leaf = dotted.split('.')
     node = config
@@ -143,9 +151,13 @@ def probe_step_time(name: str, overrides: dict, steps: int = 15) -> dict:
   from ddpm_jax import data as data_lib
   from ddpm_jax import sharding
   from ddpm_jax.train import step as step_lib
+  from ddpm_jax import config as config_lib, latent
   config = recipe_config(overrides)
   mesh = sharding.make_mesh()
-  setup, state = step_lib.init_train_state(config)
+  ae_params = None
+  if config_lib.is_latent(config):
+    config, ae_params = latent.attach_autoencoder(config, mesh)
+  setup, state = step_lib.init_train_state(config, ae_params)
   state = sharding.replicate(state, mesh)
   batches = data_lib.Batches(data_lib.load_source(config.data),
                              config.training.batch_size, 0, 0, 1)
