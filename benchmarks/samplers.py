@@ -24,6 +24,7 @@ import numpy as np
 from ddpm_jax import images as images_lib
 from ddpm_jax import sharding
 from ddpm_jax.metrics import mnist_lenet
+from ddpm_jax.metrics.report import to_28
 from ddpm_jax.pipeline import load
 from recipes import cpu_name  # benchmarks/ is on the path when run as a script
 
@@ -109,9 +110,10 @@ def main() -> None:
       req = pipe.request(args.num, args.seed, sampler=name, num_steps=steps,
                          labels=labels, guidance_scale=w, **options)
       x, first, per_call = timed_run(pipe, req)
-      m = mnist_lenet.mnist_metrics(classifier, x, held)
+      x28 = to_28(x, pipe.config.data.resize)   # a latent model's 32×32, cropped
+      m = mnist_lenet.mnist_metrics(classifier, x28, held)
       if k:
-        _, probs = mnist_lenet.classify(classifier, x)
+        _, probs = mnist_lenet.classify(classifier, x28)
         m['requested_class_accuracy'] = float(
             (probs.argmax(1) == np.arange(len(x)) % k).mean())
       row = dict(sampler=name, spacing=spacing or 'model', steps=steps,

@@ -10,6 +10,9 @@
   # inpainting:        --init-image in.png --mask mask.png   (white = regenerate)
   # outpainting:       --init-image in.png --outpaint 4,4,4,4  (margins L,T,R,B)
 
+A latent model's workdir (configs/mnist_latent.py) takes the same flags; its
+input images and masks are at its pixel size (32x32 for MNIST).
+
 Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
 <stem>.npy, with --gif an animation of the reverse process as <stem>.gif.
 Uses the EMA weights unless --raw. Same as `python -m ddpm_jax.cli.sample`.
