@@ -11,6 +11,12 @@ seconds per sampling call (a call is one batch of the pipeline's default
 size; the first call, which compiles, is timed apart). One JSON line per run
 is appended to `--out`; with `--rows`, the first ten samples (classes 0-9) of
 each sampler at `--row-steps` steps are written as one PNG row per sampler.
+
+  python benchmarks/samplers.py --workdir workdirs/mnist --timing-batch 64       --steps 10,20,50 --out docs/samplers_timing_cpu.jsonl
+
+times one call of 64 images per run instead, compiled ahead, with no
+metrics: run it on an otherwise idle machine. `--table FILE [--timing
+TIMES]` prints a JSON-lines file as the README's table.
 """
 
 import argparse
@@ -53,14 +59,33 @@ def timed_run(pipe, req):
   return np.concatenate(xs), times[0], float(np.mean(later))
 
 
+def time_one_call(pipe, batch, name, steps, labels, w, options) -> float:
+  """Seconds of one sampling call of `batch` images, compiled ahead."""
+  req = pipe.request(batch, 0, sampler=name, num_steps=steps,
+                     labels=None if labels is None else labels[:batch],
+                     guidance_scale=w, batch_size=batch, **options)
+  fn = pipe._sample_fn(req.fn_args, req.batch)
+  scale = None if req.scale is None else np.float32(req.scale)
+  args = (pipe.params, jax.random.key(0), req.y, scale, None, None)
+  compiled = fn.lower(*args).compile()
+  t0 = time.perf_counter()
+  jax.block_until_ready(compiled(*args))
+  return time.perf_counter() - t0
+
+
 def _pad(a, n):
   return a if len(a) == n else np.concatenate([a, np.repeat(a[:1], n - len(a), 0)])
 
 
-def print_table(path: str) -> None:
+def print_table(path: str, timing: str | None = None) -> None:
   """A Markdown table: one row per sampler and spacing, FD / confident share
-  / seconds per call at each step count."""
+  / seconds per call at each step count (from `timing` if given)."""
   rows = [json.loads(l) for l in open(path)]
+  if timing:
+    times = {(r['sampler'], r['spacing'], r['steps']): r['seconds_per_call']
+             for r in map(json.loads, open(timing))}
+    rows = [dict(r, seconds_per_call=times.get(
+        (r['sampler'], r['spacing'], r['steps']), float('nan'))) for r in rows]
   steps = sorted({r['steps'] for r in rows})
   keys = list(dict.fromkeys((r['sampler'], r['spacing']) for r in rows))
   print('| sampler | σ spacing | ' + ' | '.join(
@@ -72,7 +97,7 @@ def print_table(path: str) -> None:
       r = next((r for r in rows if (r['sampler'], r['spacing'], r['steps'])
                 == (name, spacing, n)), None)
       cells.append('' if r is None else
-                   f"{r['fd']:.1f} / {r['confident_share']:.3f} / {r['seconds_per_call']:.1f}")
+                   f"{r['fd']:.1f} / {r['confident_share']:.3f} / {r['seconds_per_call']:.2f}")
     print(f'| {name} | {spacing} | ' + ' | '.join(cells) + ' |')
 
 
@@ -87,11 +112,16 @@ def main() -> None:
   ap.add_argument('--out', default='/tmp/samplers.jsonl')
   ap.add_argument('--rows', default=None, help='folder for the PNG rows')
   ap.add_argument('--row-steps', type=int, default=20)
+  ap.add_argument('--timing-batch', type=int, default=0,
+                  help='only time one call of this many images per run, '
+                       'compiled ahead (no metrics); appends to --out')
+  ap.add_argument('--timing', default=None,
+                  help='with --table: take the seconds per call from this file')
   ap.add_argument('--table', default=None,
                   help='print the README table of this JSON-lines file and exit')
   args = ap.parse_args()
   if args.table:
-    print_table(args.table)
+    print_table(args.table, args.timing)
     return
   runs = RUNS if not args.runs else [
       tuple(r.split(':')) if ':' in r else (r, None) for r in args.runs.split(',')]
@@ -107,6 +137,15 @@ def main() -> None:
   for steps in [int(s) for s in args.steps.split(',')]:
     for name, spacing in runs:
       options = {'spacing': spacing} if spacing else {}
+      if args.timing_batch:
+        row = dict(sampler=name, spacing=spacing or 'model', steps=steps,
+                   batch=args.timing_batch, guidance_scale=w, cpu=cpu,
+                   seconds_per_call=round(time_one_call(
+                       pipe, args.timing_batch, name, steps, labels, w, options), 3))
+        print(json.dumps(row), flush=True)
+        with open(args.out, 'a') as f:
+          f.write(json.dumps(row) + '\n')
+        continue
       req = pipe.request(args.num, args.seed, sampler=name, num_steps=steps,
                          labels=labels, guidance_scale=w, **options)
       x, first, per_call = timed_run(pipe, req)
