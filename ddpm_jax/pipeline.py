@@ -155,11 +155,13 @@ class Pipeline:
       H2, W2 = _nearest_multiple(H, h, f), _nearest_multiple(W, w, f)
       top2, bottom2 = _add_margin(top, bottom, H2 - H)
       left2, right2 = _add_margin(left, right, W2 - W)
+      why = (f'cannot be halved {len(m.ch_mult) - 1} times by this UNet'
+             if self.codec is None else
+             f'does not fit this latent model (f={self.codec.factor} times '
+             f'the UNet\'s {f // self.codec.factor})')
       raise UserError(
-          f'the outpainted canvas {H}x{W} cannot be halved {len(m.ch_mult) - 1} '
-          f'times by this {"latent " if self.codec else ""}UNet (its sides must '
-          f'be multiples of {f}); the nearest '
-          f'size that works is {H2}x{W2}, e.g. outpaint '
+          f'the outpainted canvas {H}x{W} {why} (its sides must be multiples '
+          f'of {f}); the nearest size that works is {H2}x{W2}, e.g. outpaint '
           f'{left2},{top2},{right2},{bottom2}')
     canvas = np.zeros((n, H, W, c), np.float32)
     canvas[:, top:top + h, left:left + w] = x
@@ -309,9 +311,10 @@ class Pipeline:
 
 def _nearest_multiple(side: int, inner: int, f: int) -> int:
   """The multiple of f nearest to `side` (ties: the larger), not below
-  `inner`."""
+  `inner`, and above it if `side` is (a margin asked for stays)."""
   down, up = side // f * f, -(-side // f) * f
-  return down if down >= inner and side - down < up - side else up
+  fits = down > inner if side > inner else down >= inner
+  return down if fits and side - down < up - side else up
 
 
 def _add_margin(first: int, second: int, d: int) -> tuple[int, int]:
