@@ -18,7 +18,10 @@ TINY_FLAGS = ' '.join(shlex.quote(f) for f in (
     '--config.model.ch_mult=(1,2)', '--config.model.attn_resolutions=()',
     '--config.training.batch_size=8', '--config.training.warmup_steps=1',
     '--config.training.num_sample_images=4',
-    '--config.training.checkpoint_every=2', '--config.training.log_every=1'))
+    '--config.training.checkpoint_every=2', '--config.training.log_every=1',
+    # the latent-diffusion lines: a small autoencoder, its scale from 256 images
+    '--config.autoencoder.ch=8', '--config.autoencoder.num_groups=4',
+    '--config.autoencoder.scale_images=256'))
 
 
 def usage_lines() -> list[str]:
