@@ -36,14 +36,14 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   t_cfg = config.training
   is_main = jax.process_index() == 0
   source = data_lib.load_source(config.data)  # fails before touching the workdir
+  mesh = sharding.make_mesh()
+  ae_params = None
+  if config_lib.is_latent(config):  # the frozen autoencoder, copied in (or
+    config, ae_params = latent_lib.attach_autoencoder(config, mesh)  # one line)
   prepare_workdir(workdir)
 
   batches = data_lib.Batches(source, t_cfg.batch_size, config.seed,
                              jax.process_index(), jax.process_count())
-  mesh = sharding.make_mesh()
-  ae_params = None
-  if config_lib.is_latent(config):  # the frozen autoencoder, copied in
-    config, ae_params = latent_lib.attach_autoencoder(config, mesh)
   setup, state = step_lib.init_train_state(config, ae_params)
   lock = WorkdirLock(workdir)
   if is_main:
