@@ -26,7 +26,6 @@ from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
 from ddpm_jax import sharding
 from ddpm_jax.metrics import mnist_lenet
-from ddpm_jax.models.autoencoder import make_ae_fns
 from ddpm_jax.pipeline import load
 
 
@@ -53,13 +52,11 @@ def latent_figures(latent: str, autoencoder: str, out: str) -> None:
 
   cfg, params, _, _ = latent_lib.restore_autoencoder(autoencoder, -1,
                                                      sharding.make_mesh())
-  graphdef, _ = latent_lib.abstract_autoencoder(cfg.autoencoder, 1)
-  fns = make_ae_fns(graphdef)
+  fns = latent_lib.autoencoder_fns(cfg.autoencoder, 1)
   _, held, _ = mnist_lenet.mnist_classifier(os.path.join(autoencoder, 'eval'))
   held = held[np.linspace(0, len(held) - 1, 10).astype(int)]
   held = np.pad(held, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
-  rec = np.clip(np.asarray(jax.jit(lambda p, x: fns.decode(p, fns.encode(p, x).mean))(
-      params, held)), -1, 1)
+  rec = np.asarray(jax.jit(fns.reconstruct)(params, held))
   images_lib.save_grid(np.concatenate([held, rec]),
                        os.path.join(out, 'latent_reconstructions.png'), nrow=10)
 

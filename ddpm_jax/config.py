@@ -402,13 +402,6 @@ def model_from_config(config):
                     seed=config.seed)
 
 
-def autoencoder_from_config(config):
-  """A latent model's autoencoder (shapes only matter: its parameters come
-  from the checkpoint)."""
-  from ddpm_jax.models.autoencoder import build_autoencoder
-  return build_autoencoder(config.autoencoder, config.data.channels)
-
-
 _SAMPLER_OPTION_VALUES = {
     'spacing': ('uniform', 'leading', 'trailing', 'karras'),
     'var_type': ('fixedlarge', 'fixedsmall'),

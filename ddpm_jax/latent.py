@@ -30,7 +30,8 @@ from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.errors import UserError
-from ddpm_jax.models.autoencoder import build_autoencoder, make_ae_fns
+from ddpm_jax.models.autoencoder import (AutoencoderFns, build_autoencoder,
+                                         make_ae_fns)
 from ddpm_jax.models.unet import split_model
 from ddpm_jax.samplers import Codec
 
@@ -68,6 +69,12 @@ def abstract_autoencoder(ae_cfg, channels: int) -> tuple[nnx.GraphDef, Any]:
   model = nnx.eval_shape(lambda: build_autoencoder(ae_cfg, channels))
   graphdef, state = split_model(model)
   return graphdef, nnx.to_pure_dict(state)
+
+
+def autoencoder_fns(ae_cfg, channels: int) -> AutoencoderFns:
+  """The pure encode/decode/reconstruct of an `autoencoder` config section."""
+  graphdef, _ = abstract_autoencoder(ae_cfg, channels)
+  return make_ae_fns(graphdef)
 
 
 def restore_autoencoder(workdir: str, step: int, mesh: Mesh
@@ -118,9 +125,7 @@ def attach_autoencoder(config, mesh: Mesh) -> tuple[ml_collections.ConfigDict, A
 def make_codec(config) -> Codec:
   """Pixels <-> scaled latents for a latent model's samplers; `params` is
   {'unet': ..., 'autoencoder': ...}. Encoding takes the posterior mean."""
-  graphdef, _ = abstract_autoencoder(config.autoencoder,
-                                     config.data.channels)
-  fns = make_ae_fns(graphdef)
+  fns = autoencoder_fns(config.autoencoder, config.data.channels)
   scale = float(config.latent.scale)
 
   def encode(params, x_BHWC):

@@ -66,13 +66,11 @@ def evaluate_autoencoder(workdir: str, step: int, batch: int = 250
   if not _mnist_like(config.data):
     raise UserError('the autoencoder report uses the held-out MNIST images; '
                     'this autoencoder is not MNIST-like')
-  from ddpm_jax.models.autoencoder import make_ae_fns
-  graphdef, _ = latent.abstract_autoencoder(config.autoencoder, 1)
-  fns = make_ae_fns(graphdef)
+  fns = latent.autoencoder_fns(config.autoencoder, 1)
   model, held, _ = mnist_lenet.mnist_classifier(os.path.join(workdir, 'eval'))
   size, resize = config.data.image_size, config.data.resize
   x = np.asarray(data_lib.preprocess(jnp.asarray(held), size, False, None, resize))
-  rec_fn = jax.jit(lambda p, x: jnp.clip(fns.decode(p, fns.encode(p, x).mean), -1, 1))
+  rec_fn = jax.jit(fns.reconstruct)
   t0 = time.time()
   rec = np.concatenate([np.asarray(rec_fn(params, x[i:i + batch]))
                         for i in range(0, len(x), batch)])

@@ -131,8 +131,9 @@ LOGVAR_RANGE = (-30.0, 20.0)
 
 class AutoencoderFns(NamedTuple):
   """Pure functions of the autoencoder's parameters (no scale applied)."""
-  encode: Callable   # encode(params, x_BHWC) -> Posterior
-  decode: Callable   # decode(params, z) -> x_BHWC
+  encode: Callable        # encode(params, x_BHWC) -> Posterior
+  decode: Callable        # decode(params, z) -> x_BHWC
+  reconstruct: Callable   # the posterior mean decoded, clipped to [-1, 1]
 
 
 def make_ae_fns(graphdef: nnx.GraphDef) -> AutoencoderFns:
@@ -143,7 +144,10 @@ def make_ae_fns(graphdef: nnx.GraphDef) -> AutoencoderFns:
 
   def decode(params, z):
     return nnx.merge(graphdef, params).decoder(z)
-  return AutoencoderFns(encode, decode)
+
+  def reconstruct(params, x_BHWC):
+    return jnp.clip(decode(params, encode(params, x_BHWC).mean), -1.0, 1.0)
+  return AutoencoderFns(encode, decode, reconstruct)
 
 
 def reconstruction_loss(x_BHWC: jax.Array, x_rec: jax.Array, kind: str

@@ -220,11 +220,10 @@ class _ReconstructionGrid:
     images, _ = source.read(np.linspace(0, len(source) - 1, n).astype(np.int64))
     self.x = data_lib.preprocess(jax.numpy.asarray(images), config.data.image_size,
                                  False, None, config.data.resize)
-    ae = setup.ae
-    self.fn = jax.jit(lambda p, x: ae.decode(p, ae.encode(p, x).mean))
+    self.fn = jax.jit(setup.ae.reconstruct)
 
   def __call__(self, state, step: int):
-    rec = np.clip(np.asarray(self.fn(state.ema_params, self.x)), -1, 1)
+    rec = np.asarray(self.fn(state.ema_params, self.x))
     x = np.asarray(self.x)
     rows = [np.concatenate([x[i:i + self.nrow], rec[i:i + self.nrow]])
             for i in range(0, len(x), self.nrow)]

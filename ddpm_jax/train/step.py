@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
+from ddpm_jax import latent as latent_lib
 from ddpm_jax.models.autoencoder import make_ae_fns, make_ae_loss
 from ddpm_jax.models.unet import make_apply, split_model
 from ddpm_jax.schedules import Schedule
@@ -127,9 +128,8 @@ def init_train_state(config, autoencoder_params: Any = None
 def latent_encoder(config) -> Callable:
   """to_latent(ae_params, x_BHWC, key): a sample of the frozen encoder's
   posterior, times the latent scale (what a latent model denoises)."""
-  graphdef, _ = split_model(nnx.eval_shape(
-      lambda: config_lib.autoencoder_from_config(config)))
-  encode = make_ae_fns(graphdef).encode
+  encode = latent_lib.autoencoder_fns(config.autoencoder,
+                                      config.data.channels).encode
   scale = float(config.latent.scale)
 
   def to_latent(ae_params, x_BHWC, key):
