@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.channels = 1
   c.data.num_classes = 10
   c.data.random_flip = False
+  c.data.captions = 'digits'    # text models: 'digits' or 'fashion' (captions.py)
 
   c.model = ml_collections.ConfigDict()
   c.model.ch = 32
@@ -56,6 +57,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.class_conditional = False
   c.model.dtype = 'float32'
   c.model.patch_size = 1          # >1: space-to-depth before the UNet
+  # Text prompts (instead of class labels): a byte-token transformer encoder
+  # trained with the UNet, read by cross-attention at these resolutions; the
+  # captions come from the labels (data.captions).
+  c.model.text_conditional = False
+  c.model.text_dim = 64
+  c.model.text_layers = 2
+  c.model.text_heads = 4
+  c.model.text_max_len = 48       # tokens, BOS and EOS included
+  c.model.cross_attn_resolutions = ()
 
   # 'diffusion' trains the UNet; 'autoencoder' trains the KL autoencoder of
   # the `autoencoder` section (for latent diffusion), with the same loop.
@@ -146,6 +156,24 @@ def is_latent(config) -> bool:
   """A diffusion model in an autoencoder's latent space?"""
   return config.get('task', 'diffusion') == 'diffusion' and bool(
       config.get('latent', {}).get('autoencoder_workdir'))
+
+
+def is_text(config) -> bool:
+  """A diffusion model conditioned on text prompts?"""
+  return config.get('task', 'diffusion') == 'diffusion' and bool(
+      config.model.get('text_conditional', False))
+
+
+def null_condition(config, n: int) -> np.ndarray | None:
+  """What the unconditional branch of guidance gets for n images: the null
+  label, a text model's empty prompt (tokens [n, L]), or None."""
+  if is_text(config):
+    from ddpm_jax import tokenizer
+    return np.repeat(tokenizer.tokenize('', config.model.text_max_len)[None],
+                     n, axis=0)
+  if config.model.class_conditional:
+    return np.full((n,), config.data.num_classes, np.int32)
+  return None
 
 
 def autoencoder_factor(ae_cfg) -> int:
@@ -250,6 +278,8 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError(f'data.channels must be 1 or 3, got {d.channels}')
   if m.class_conditional and d.num_classes <= 0:
     raise ConfigError('model.class_conditional needs data.num_classes > 0')
+  if config.task == 'diffusion' and m.text_conditional:
+    _validate_text(config)
   if t.nan_policy not in ('stop', 'skip') or t.max_skipped_steps < 0:
     raise ConfigError("training.nan_policy must be 'stop' or 'skip' and "
                       'training.max_skipped_steps non-negative')
@@ -297,6 +327,41 @@ def _validate_unet(config) -> None:
     if c % m.num_groups:
       raise ConfigError(f'model.num_groups={m.num_groups} does not divide the '
                         f'channel count {c}')
+
+
+def _validate_text(config) -> None:
+  from ddpm_jax import captions
+  m, d = config.model, config.data
+  if m.class_conditional:
+    raise ConfigError('model.text_conditional and model.class_conditional '
+                      'exclude each other: the prompt names the class')
+  if d.captions not in captions.CAPTION_SETS:
+    raise ConfigError(f'data.captions={d.captions!r} is not one of '
+                      f'{list(captions.CAPTION_SETS)}')
+  if d.num_classes != captions.num_classes(d.captions):
+    raise ConfigError(f'data.captions={d.captions!r} has '
+                      f'{captions.num_classes(d.captions)} classes, the data '
+                      f'{d.num_classes}')
+  if min(m.text_dim, m.text_layers, m.text_heads) <= 0 or m.text_max_len < 3:
+    raise ConfigError('model.text_dim, text_layers and text_heads must be '
+                      'positive and text_max_len at least 3')
+  if not m.cross_attn_resolutions:
+    raise ConfigError('a text model needs model.cross_attn_resolutions: the '
+                      'resolutions where the UNet reads the prompt')
+  size = unet_input_shape(config)[0] // m.patch_size
+  levels = [size // 2 ** k for k in range(len(m.ch_mult))]
+  if set(m.cross_attn_resolutions) - set(levels):
+    raise ConfigError(f'model.cross_attn_resolutions='
+                      f'{tuple(m.cross_attn_resolutions)} names a resolution '
+                      f'the UNet does not have; its levels are {tuple(levels)}')
+  for k, res in enumerate(levels):
+    c = m.ch * m.ch_mult[k]
+    if res in m.cross_attn_resolutions and c % m.text_heads:
+      raise ConfigError(f'model.text_heads={m.text_heads} does not divide the '
+                        f'channel count {c} at resolution {res}')
+  if m.text_dim % m.text_heads:
+    raise ConfigError(f'model.text_heads={m.text_heads} does not divide '
+                      f'model.text_dim={m.text_dim}')
 
 
 def _validate_autoencoder(a, d) -> None:

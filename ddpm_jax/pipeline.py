@@ -30,6 +30,7 @@ from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sharding
+from ddpm_jax import tokenizer
 from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.errors import UserError
 from ddpm_jax.files import atomic_write_all, probe_writable
@@ -46,6 +47,7 @@ class SampleRequest:
   seed: int
   fn_args: tuple[tuple[str, Any], ...]  # everything the compiled scan depends on
   y: np.ndarray | None
+  y_null: np.ndarray | None     # a text model's empty or negative prompt
   scale: float | None
   x_init: np.ndarray | None
   mask: np.ndarray | None
@@ -75,6 +77,10 @@ class Pipeline:
     return int(self.config.data.num_classes) if m.class_conditional else 0
 
   @property
+  def text_conditional(self) -> bool:
+    return config_lib.is_text(self.config)
+
+  @property
   def default_batch(self) -> int:
     """Images per sampling call: about 2 GiB of float32 activations at the
     UNet's top level (x64 for the tensors alive at once), 16 to 256."""
@@ -102,6 +108,43 @@ class Pipeline:
       raise UserError(f'labels must be in [0, {self.num_classes - 1}], got '
                       f'{sorted(set(y.tolist()))}')
     return np.repeat(y, num // y.size).astype(np.int32)
+
+  def _tokens(self, prompts: Sequence[str], what: str) -> np.ndarray:
+    if any(not isinstance(p, str) for p in prompts):
+      raise UserError(f'{what} must be text, got {prompts!r}')
+    try:
+      return tokenizer.tokenize_all(prompts, self.config.model.text_max_len)
+    except UnicodeEncodeError:
+      raise UserError(f'{what} is not valid UTF-8 text') from None
+
+  def _prompts(self, prompt, negative_prompt, num: int, guided: bool
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(tokens [num, L], the unconditional branch's tokens [num, L]): prompt
+    i fills images i*num/P onwards; no prompt is the empty one."""
+    if prompt is None:
+      if negative_prompt is not None:
+        raise UserError('a negative prompt needs a prompt')
+      if guided:
+        raise UserError('a guidance scale needs a prompt')
+      return np.repeat(self._tokens([''], 'the prompt'), num, axis=0), None
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or num % len(prompts):
+      raise UserError(f'{len(prompts)} prompts do not divide {num} images')
+    y = np.repeat(self._tokens(prompts, 'the prompt'), num // len(prompts), axis=0)
+    if not guided:
+      if negative_prompt is not None:
+        raise UserError('a negative prompt needs a guidance scale: it takes '
+                        "the empty prompt's place in classifier-free guidance")
+      return y, None
+    negative = '' if negative_prompt is None else negative_prompt
+    negatives = [negative] if isinstance(negative, str) else list(negative)
+    if len(negatives) not in (1, len(prompts)):
+      raise UserError(f'{len(negatives)} negative prompts for {len(prompts)} '
+                      'prompts: give one, or one per prompt')
+    y_null = self._tokens(negatives, 'the negative prompt')
+    y_null = np.repeat(np.resize(y_null, (len(prompts),) + y_null.shape[1:]),
+                       num // len(prompts), axis=0)
+    return y, y_null
 
   def _image(self, x, num: int, what: str, any_size: bool = False
              ) -> np.ndarray:
@@ -172,6 +215,8 @@ class Pipeline:
   def request(self, num: int = 16, seed: int = 0, *, sampler: str | None = None,
               num_steps: int | None = None,
               labels: Sequence[int] | int | None = None,
+              prompt: str | Sequence[str] | None = None,
+              negative_prompt: str | Sequence[str] | None = None,
               guidance_scale: float | None = None, init_image=None,
               strength: float | None = None, mask=None, outpaint=None,
               paste_known: bool = True, jumps: int = 0, capture_every: int = 0,
@@ -183,18 +228,33 @@ class Pipeline:
       raise UserError(f'number of images must be positive, got {num}')
     if batch_size is not None and batch_size <= 0:
       raise UserError(f'batch size must be positive, got {batch_size}')
+    if labels is not None and prompt is not None:
+      raise UserError('use labels or a prompt, not both')
+    if (prompt is not None or negative_prompt is not None
+        ) and not self.text_conditional:
+      raise UserError('prompts need a text-conditioned model '
+                      '(model.text_conditional); this one is ' +
+                      ('class-conditional: give labels' if self.num_classes
+                       else 'unconditional'))
     if guidance_scale is not None:
-      if not self.num_classes:
-        raise UserError('a guidance scale needs a class-conditional model; '
-                        'this one is unconditional')
+      if not (self.num_classes or self.text_conditional):
+        raise UserError('a guidance scale needs a class- or text-conditioned '
+                        'model; this one is unconditional')
       if not math.isfinite(guidance_scale):
         raise UserError(f'the guidance scale must be a finite number, got '
                         f'{guidance_scale}')
-    y = self._labels(labels, num)
-    if guidance_scale is not None and y is None:
-      raise UserError('a guidance scale needs labels')
-    if y is None and self.num_classes:
-      y = np.full((num,), self.num_classes, np.int32)   # the null label
+    y_null = None
+    if self.text_conditional:
+      if labels is not None:
+        raise UserError('this model takes prompts, not labels')
+      y, y_null = self._prompts(prompt, negative_prompt, num,
+                                guidance_scale is not None)
+    else:
+      y = self._labels(labels, num)
+      if guidance_scale is not None and y is None:
+        raise UserError('a guidance scale needs labels')
+      if y is None and self.num_classes:
+        y = np.full((num,), self.num_classes, np.int32)   # the null label
     if strength is not None and not 0.0 <= strength <= 1.0:  # NaN fails too
       raise UserError(f'strength must be in [0, 1], got {strength}')
     if (strength is not None or mask is not None or outpaint is not None
@@ -230,7 +290,7 @@ class Pipeline:
                ('options', tuple(sorted(sampler_options.items()))),
                ('capture_every', capture_every), ('strength', strength),
                ('jumps', jumps))
-    return SampleRequest(num, seed, fn_args, y,
+    return SampleRequest(num, seed, fn_args, y, y_null,
                          None if guidance_scale is None else float(guidance_scale),
                          x_init, m, batch)
 
@@ -263,7 +323,8 @@ class Pipeline:
       pad = lambda a: None if a is None else _pad_to(a[i:i + n], req.batch)
       fn = self._sample_fn(req.fn_args, req.batch)
       x, f = fn(self.params, root if k == 0 else jax.random.fold_in(root, k),
-                pad(req.y), scale, pad(req.x_init), pad(req.mask))
+                pad(req.y), scale, pad(req.x_init), pad(req.mask),
+                pad(req.y_null))
       xs.append(np.asarray(sharding.gather(x))[:n])
       if f is not None:
         frames.append(np.asarray(jax.device_get(f))[:, :n])
@@ -276,8 +337,10 @@ class Pipeline:
 
     sampler=, num_steps=, and the sampler's options (eta=, clip_x0=,
     spacing=, var_type=); labels: class per image (repeated to fill `num`);
-    guidance_scale: the classifier-free guidance weight w (0: unconditional,
-    1: conditional). init_image ([H, W, C] or [num, H, W, C] in [-1, 1])
+    a text model takes prompt= (a string, or a list: prompt i fills the
+    i-th block of num/len images) and negative_prompt= (one, or one per
+    prompt; it replaces the empty prompt in guidance); guidance_scale: the
+    classifier-free guidance weight w (0: unconditional, 1: conditional). init_image ([H, W, C] or [num, H, W, C] in [-1, 1])
     with `strength` is img2img (SDEdit); with `mask` (1 = regenerate) it is
     inpainting, with `jumps` RePaint resamplings of every 10-step block (ddpm,
     ddim); with `outpaint=(L, T, R, B)` it is outpainting: the image (of any
@@ -385,7 +448,9 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
                   progress: bool = True, **sample_kwargs) -> list[str]:
   """Samples `num` images into the PNG grid `out` (a class-conditional
   model: `labels` default to every class in turn and `guidance_scale` to the
-  config's, as in the training grid; 0 gives unconditional samples); with `npy`, the raw
+  config's, as in the training grid; 0 gives unconditional samples; a text
+  model: `prompt=` one or a list, one grid row each, at the config's
+  guidance scale unless told; no prompt: unconditional); with `npy`, the raw
   samples in [-1, 1] into <stem>.npy; with `gif`, the reverse process into
   <stem>.gif. Every check runs before sampling; every file is written to a
   temporary name first and renamed over its target only when all succeeded,
@@ -402,6 +467,12 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   nrow = None
   if labels is not None and len(labels) > 1 and num % len(labels) == 0:
     nrow = num // len(labels)  # one row per requested label
+  prompt = sample_kwargs.get('prompt')
+  if pipe.text_conditional and prompt is not None:
+    if not isinstance(prompt, str) and len(prompt) > 1 and num % len(prompt) == 0:
+      nrow = num // len(prompt)  # one row per prompt
+    if sample_kwargs.get('guidance_scale') is None:
+      sample_kwargs['guidance_scale'] = pipe.config.sampling.guidance_scale
   if pipe.num_classes:  # as the training grid: every class, the config's w
     k = pipe.num_classes
     if labels is None and num % k == 0:

@@ -460,14 +460,16 @@ def make_sampler(name: str, betas: np.ndarray, num_steps: int | None = None,
 
 
 def guided_eps_fn(apply: Callable, params, y_B: jax.Array | None,
-                  scale: jax.Array | None, null_label: int) -> EpsFn:
-  """ε_θ(x, t, y); with `scale` w: ε_u + w (ε_c − ε_u), both in one call."""
+                  scale: jax.Array | None, y_null: jax.Array | None) -> EpsFn:
+  """ε_θ(x, t, y); with `scale` w: ε(y_null) + w (ε(y) − ε(y_null)), both in
+  one call. y_null is the null label, or a text model's empty (or negative)
+  prompt."""
   if scale is None:
     return lambda x, t: apply(params, x, t, y_B)
 
   def eps_fn(x, t):
     B = x.shape[0]
-    y2 = jnp.concatenate([y_B, jnp.full_like(y_B, null_label)])
+    y2 = jnp.concatenate([y_B, y_null])
     eps = apply(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]), y2)
     eps_c, eps_u = eps[:B], eps[B:]
     return eps_u + scale.astype(eps.dtype) * (eps_c - eps_u)
@@ -502,8 +504,12 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
                    strength: float | None = None, jumps: int = 0,
                    codec: Codec | None = None, paste_known: bool = True
                    ) -> Callable:
-  """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None)
-  -> (x0, frames).
+  """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None,
+  y_null=None) -> (x0, frames).
+
+  y: labels, or a text model's prompt tokens [B, L]; with a guidance `scale`
+  the unconditional branch gets `y_null` (labels: `null_label` if not given;
+  a text model must give it: the empty or the negative prompt's tokens).
 
   x_T is drawn inside from the key. With `strength` (img2img) `x_init` is
   noised to t = strength·T and denoised from there; with `mask` (1 =
@@ -522,15 +528,20 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
   if strength is not None:
     start = strength_to_start(strength, sampler.num_steps)
 
-  def fn(params, key, y=None, scale=None, x_init=None, mask=None):
+  def fn(params, key, y=None, scale=None, x_init=None, mask=None, y_null=None):
+    if scale is not None and y_null is None:
+      if y is None or y.ndim != 1:
+        raise ValueError('guidance on prompts needs y_null: the tokens of the '
+                         'empty or negative prompt')
+      y_null = jnp.full_like(y, null_label)
     if codec is None:
-      return sample(params, key, y, scale, x_init, mask)
+      return sample(params, key, y, scale, x_init, mask, y_null)
     pixels, pixel_mask = x_init, mask
     if x_init is not None:
       x_init = codec.encode(params, x_init)
     if mask is not None:
       mask = latent_mask(mask, codec.factor, shape[-1])
-    z, frames = sample(params, key, y, scale, x_init, mask)
+    z, frames = sample(params, key, y, scale, x_init, mask, y_null)
     x = codec.decode(params, z)
     if frames is not None:
       frames = jax.lax.map(lambda f: codec.decode(params, f), frames)
@@ -538,12 +549,12 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
       x = pixel_mask * x + (1.0 - pixel_mask) * pixels
     return x, frames
 
-  def sample(params, key, y, scale, x_init, mask):
+  def sample(params, key, y, scale, x_init, mask, y_null):
     init_key, loop_key = jax.random.split(key)
     noise = jax.random.normal(init_key, shape, jnp.float32)
     if batch_spec is not None:
       noise = jax.lax.with_sharding_constraint(noise, batch_spec)
-    eps_fn = guided_eps_fn(apply, params, y, scale, null_label)
+    eps_fn = guided_eps_fn(apply, params, y, scale, y_null)
     if start is None:
       x_T = noise
     elif start < 0:

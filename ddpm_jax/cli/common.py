@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from typing import Callable
 
 from absl import app, flags, logging
@@ -86,6 +87,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+  """A warning of ours (e.g. a prompt cut to fit) as one `warning:` line."""
+  return f'warning: {_one_line(message)}\n'
+
+
 def run(main: Callable[[], object], positional: str | None = None) -> None:
   """Parses flags, then calls `main()` under the error rule. With
   `positional`, bare arguments are taken as values of that flag."""
@@ -96,6 +102,7 @@ def run(main: Callable[[], object], positional: str | None = None) -> None:
   def wrapper(argv):
     del argv  # parse_flags refused positional arguments
     logging.set_verbosity(logging.ERROR)  # Orbax logs routine saves at INFO/WARNING
+    warnings.formatwarning = _warning_line
     try:
       return main()
     except UserError as e:

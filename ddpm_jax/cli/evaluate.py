@@ -21,8 +21,11 @@ _STEPS = flags.DEFINE_integer('steps', None, "Sampling steps (default: the confi
 _BATCH = flags.DEFINE_integer('batch', None, 'Images per sampling call '
                               '(default: by model size, at most 256).')
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Step (default: latest).')
-_GUIDANCE = flags.DEFINE_float('guidance-scale', None, 'Class-conditional models: '
-                               'guidance weight (labels cycle 0-9).')
+_GUIDANCE = flags.DEFINE_float('guidance-scale', None, 'Class- or text-conditional '
+                               'models: guidance weight (labels cycle 0-9; text: '
+                               'held-out prompts naming 0-9).')
+_LANGUAGE = flags.DEFINE_enum('language', 'en', ['en', 'es'], 'Text models: the '
+                              'language of the held-out prompts.')
 _INCEPTION = flags.DEFINE_string('inception_weights', None, 'FID Inception weights '
                                  '(.npz or .pth; see ddpm_jax/metrics/inception.py).')
 _REF_STATS = flags.DEFINE_string('ref_stats', None, 'FID statistics (.npz mu, sigma) '
@@ -41,7 +44,7 @@ def main() -> None:
       num_steps=_STEPS.value, batch=_BATCH.value, checkpoint=_CHECKPOINT.value,
       guidance_scale=_GUIDANCE.value, inception_weights=_INCEPTION.value,
       ref_stats=_REF_STATS.value, ref_images=_REF_NUM.value,
-      bpd_images=_BPD.value)
+      bpd_images=_BPD.value, language=_LANGUAGE.value)
   print(json.dumps(result))
   print(f'wrote {path}')
 

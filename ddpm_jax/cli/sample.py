@@ -9,6 +9,9 @@
   # img2img (SDEdit):  --init-image in.png --strength 0.5
   # inpainting:        --init-image in.png --mask mask.png   (white = regenerate)
   # outpainting:       --init-image in.png --outpaint 4,4,4,4  (margins L,T,R,B)
+  # text prompts:      --prompt "un siete" [--prompt "a three" ...] \
+  #                    [--negative-prompt "a one"] [--guidance-scale 5]
+  #                    (one grid row per prompt; or --prompt-file, one per line)
 
 A latent model's workdir (configs/mnist_latent.py) takes the same flags; its
 input images and masks are at its pixel size (32x32 for MNIST).
@@ -46,6 +49,13 @@ _LABEL = flags.DEFINE_list('label', None, 'Class label(s), e.g. 7 or 0,1,2.')
 _GUIDANCE = flags.DEFINE_float('guidance-scale', None,
                                "Classifier-free guidance weight w (default: the "
                                "config's sampling.guidance_scale).")
+_PROMPT = flags.DEFINE_multi_string(
+    'prompt', None, 'Text prompt of a text model (repeat the flag for one grid '
+    'row per prompt).')
+_PROMPT_FILE = flags.DEFINE_string('prompt-file', None, 'UTF-8 text file, one '
+                                   'prompt per line (instead of --prompt).')
+_NEGATIVE = flags.DEFINE_string('negative-prompt', None, 'What to steer away '
+                                'from: replaces the empty prompt in guidance.')
 _INIT = flags.DEFINE_string('init-image', None, 'Input image for img2img or inpainting.')
 _STRENGTH = flags.DEFINE_float('strength', None, 'img2img strength in [0, 1].')
 _MASK = flags.DEFINE_string('mask', None, 'Inpainting mask (white = regenerate).')
@@ -63,6 +73,27 @@ def _labels() -> list[int] | None:
     return [int(v) for v in _LABEL.value]
   except ValueError:
     raise UserError(f'--label takes integers, got {",".join(_LABEL.value)}') from None
+
+
+def _prompts() -> list[str] | None:
+  if _PROMPT_FILE.value is None:
+    return _PROMPT.value
+  if _PROMPT.value:
+    raise UserError('use --prompt or --prompt-file, not both')
+  try:
+    with open(_PROMPT_FILE.value, encoding='utf-8') as f:
+      lines = [l.rstrip('\r\n') for l in f]
+  except FileNotFoundError:
+    raise UserError(f'--prompt-file {_PROMPT_FILE.value} does not exist') from None
+  except IsADirectoryError:
+    raise UserError(f'--prompt-file {_PROMPT_FILE.value} is a directory') from None
+  except UnicodeDecodeError as e:
+    raise UserError(f'--prompt-file {_PROMPT_FILE.value} is not UTF-8 text '
+                    f'(byte {e.start})') from None
+  lines = [l for l in lines if l.strip()]
+  if not lines:
+    raise UserError(f'--prompt-file {_PROMPT_FILE.value} holds no prompt')
+  return lines
 
 
 def _margins() -> tuple[int, ...] | None:
@@ -85,7 +116,8 @@ def main() -> None:
   paths = write_samples(
       _WORKDIR.value, _OUT.value, num=_NUM.value, seed=_SEED.value,
       checkpoint=_CHECKPOINT.value, use_ema=not _RAW.value, gif=_GIF.value,
-      npy=_NPY.value, labels=_labels(), init_image=_INIT.value, mask=_MASK.value,
+      npy=_NPY.value, labels=_labels(), prompt=_prompts(),
+      negative_prompt=_NEGATIVE.value, init_image=_INIT.value, mask=_MASK.value,
       sampler=_SAMPLER.value, num_steps=_STEPS.value,
       guidance_scale=_GUIDANCE.value, strength=_STRENGTH.value,
       outpaint=_margins(), jumps=_JUMPS.value, batch_size=_BATCH.value, **options)

@@ -18,14 +18,15 @@ def bits_per_dim(apply: Callable, params: Any, config, x0_BHWC: np.ndarray,
                  batch: int = 64, seed: int = 0) -> dict:
   """The negative ELBO in bits/dim of images in [-1, 1], with the paper's
   discretised decoder for L_0 and the config's sampling variance
-  (config.sampling.var_type). Class-conditional models get the null label."""
+  (config.sampling.var_type). Class-conditional models get the null label,
+  text models the empty prompt."""
   var_type = config.sampling.var_type
   schedule = config_lib.schedule_from_config(config)
-  null = int(config.data.num_classes) if config.model.class_conditional else None
+  null = config_lib.null_condition(config, 1)
 
   @functools.partial(jax.jit, compiler_options=compiler_options())
   def terms_fn(params, x0, key):
-    y = None if null is None else jnp.full(x0.shape[:1], null, jnp.int32)
+    y = None if null is None else jnp.repeat(null, x0.shape[0], axis=0)
     eps_fn = lambda x, t: apply(params, x, t, y)
     return diffusion.vlb_terms_bpd(eps_fn, schedule, x0, key, var_type)
   terms, priors = [], []

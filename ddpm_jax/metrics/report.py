@@ -8,7 +8,9 @@ The report (printed and written to <workdir>/eval_<step>.json) holds:
 - the entropy of the predicted-class histogram (mode coverage; max log2 10);
 - for class-conditional models (labels cycle 0-9, guidance_scale w, by
   default the config's sampling.guidance_scale): the share of samples the
-  classifier puts in the requested class;
+  classifier puts in the requested class; for text models the same share
+  for prompts from the held-out templates (captions.HELD_OUT) naming the
+  classes 0-9 in turn, in `language` (the prompt accuracy);
 - with bpd_images N, the variational bound in bits/dim on N held-out images
   (the paper's discretised decoder; T network calls per batch);
 - with inception_weights (pytorch-fid's FID Inception, see
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import captions
 from ddpm_jax import data as data_lib
 from ddpm_jax.data import to_uint8
 from ddpm_jax.errors import UserError
@@ -98,7 +101,7 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
              guidance_scale: float | None = None,
              inception_weights: str | None = None, ref_stats: str | None = None,
              ref_images: int | None = None, bpd_images: int = 0,
-             progress: bool = True) -> tuple[dict, str]:
+             language: str = 'en', progress: bool = True) -> tuple[dict, str]:
   """Returns (the report, the path it was written to)."""
   if num < 2:
     raise UserError(f'--num must be at least 2, got {num}')
@@ -121,11 +124,18 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
     raise UserError('--bpd_images uses the held-out MNIST images; this model '
                     'is not MNIST-like')
   labels = list(np.arange(num) % pipe.num_classes) if pipe.num_classes else None
-  if pipe.num_classes and guidance_scale is None:
+  prompts = None
+  if pipe.text_conditional:
+    if language not in captions.LANGUAGES:
+      raise UserError(f'language must be one of {list(captions.LANGUAGES)}, '
+                      f'got {language!r}')
+    prompts, _ = captions.held_out_prompts(d.captions, language, num)
+  conditional = pipe.num_classes or pipe.text_conditional
+  if conditional and guidance_scale is None:
     guidance_scale = pipe.config.sampling.guidance_scale
   req = pipe.request(num, seed, sampler=sampler, num_steps=num_steps,
-                     labels=labels, guidance_scale=guidance_scale,
-                     batch_size=batch)
+                     labels=labels, prompt=prompts,
+                     guidance_scale=guidance_scale, batch_size=batch)
   eval_dir = os.path.join(workdir, 'eval')
   if inception_weights:  # fail on a bad file before sampling for an hour
     net = inception.load_fid_inception(inception_weights)
@@ -163,11 +173,13 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
     if n < 50000:
       print(f"note: FID from {n} samples is biased upwards; the paper's 3.17 "
             'used 50,000')
-  if pipe.num_classes and mnist_like:
+  if conditional and mnist_like:
     _, probs = mnist_lenet.classify(model, samples)
     requested = np.arange(len(samples)) % 10
     result['requested_class_accuracy'] = float((probs.argmax(1) == requested).mean())
     result['guidance_scale'] = guidance_scale
+    if prompts is not None:
+      result.update(prompt_language=language, prompt_templates='held_out')
   if bpd_images:
     t1 = time.time()
     result.update(likelihood.bits_per_dim(pipe.apply, pipe.params, pipe.config,

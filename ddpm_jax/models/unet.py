@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ddpm_jax.models.text import TextEncoder, TransformerBlock
+
 _default_init = nnx.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 _zero_init = nnx.initializers.zeros_init()
 
@@ -157,13 +159,24 @@ class UNet(nnx.Module):
   per `ch_mult` entry), not at absolute resolutions, so a larger canvas
   (outpainting) keeps it where training put it; `attention_levels` turns a
   config's `attn_resolutions` into levels at the training size.
+
+  `text_dim > 0` makes a text-conditioned UNet: y is then a [B, L] row of
+  byte tokens, read by a `TextEncoder` (`text_layers`, `text_heads`,
+  `text_max_len`) trained with the UNet, and every block at the
+  `cross_attn_levels` (and the middle, if the lowest level is one of them)
+  is a `TransformerBlock` with cross-attention over the text instead of
+  self-attention alone. With `text_dim` 0 the parameter tree is the
+  unconditional (or class) UNet's, unchanged.
   """
 
   def __init__(self, *, in_channels: int, ch: int,
                ch_mult: Sequence[int], num_res_blocks: int,
                attn_levels: Sequence[int], dropout: float = 0.0,
                num_groups: int = 32, num_classes: int = 0,
-               dtype: str = 'float32', patch_size: int = 1, rngs: nnx.Rngs):
+               dtype: str = 'float32', patch_size: int = 1,
+               text_dim: int = 0, text_layers: int = 0, text_heads: int = 1,
+               text_max_len: int = 0, cross_attn_levels: Sequence[int] = (),
+               rngs: nnx.Rngs):
     dt = jnp.dtype(dtype)
     temb_dim = 4 * ch
     self.ch = ch
@@ -178,6 +191,18 @@ class UNet(nnx.Module):
                       if num_classes > 0 else None)
     self.conv_in = nnx.Conv(in_channels, ch, (3, 3), kernel_init=_default_init,
                             dtype=dt, rngs=rngs)
+    self.text_encoder = (TextEncoder(text_dim, text_layers, text_heads,
+                                     text_max_len, dt, rngs=rngs)
+                         if text_dim else None)
+
+    def attention(level, c):
+      if text_dim and level in cross_attn_levels:
+        return TransformerBlock(c, text_dim, text_heads,
+                                GroupNorm(c, num_groups, epsilon=1e-6, dtype=dt,
+                                          rngs=rngs), dt, rngs=rngs)
+      if level in attn_levels:
+        return AttnBlock(c, num_groups, dt, rngs=rngs)
+      return None
 
     chans = [ch]
     cur = ch
@@ -187,9 +212,7 @@ class UNet(nnx.Module):
         blk = ResBlock(cur, ch * mult, temb_dim, dropout, num_groups, dt,
                        rngs=rngs)
         cur = ch * mult
-        attn = (AttnBlock(cur, num_groups, dt, rngs=rngs)
-                if level in attn_levels else None)
-        down.append((blk, attn))
+        down.append((blk, attention(level, cur)))
         chans.append(cur)
       if level != len(ch_mult) - 1:
         down.append((Downsample(cur, dt, rngs=rngs), None))
@@ -197,7 +220,9 @@ class UNet(nnx.Module):
     self.down = nnx.List([nnx.List(d) for d in down])
 
     self.mid1 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, rngs=rngs)
-    self.mid_attn = AttnBlock(cur, num_groups, dt, rngs=rngs)
+    self.mid_attn = (attention(len(ch_mult) - 1, cur)
+                     if text_dim and len(ch_mult) - 1 in cross_attn_levels
+                     else AttnBlock(cur, num_groups, dt, rngs=rngs))
     self.mid2 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, rngs=rngs)
 
     up = []
@@ -206,9 +231,7 @@ class UNet(nnx.Module):
         blk = ResBlock(cur + chans.pop(), ch * mult, temb_dim, dropout,
                        num_groups, dt, rngs=rngs)
         cur = ch * mult
-        attn = (AttnBlock(cur, num_groups, dt, rngs=rngs)
-                if level in attn_levels else None)
-        up.append((blk, attn))
+        up.append((blk, attention(level, cur)))
       if level != 0:
         up.append((Upsample(cur, dt, rngs=rngs), None))
     self.up = nnx.List([nnx.List(u) for u in up])
@@ -221,11 +244,15 @@ class UNet(nnx.Module):
   def __call__(self, x_BHWC: jax.Array, t_B: jax.Array,
                y_B: jax.Array | None = None,
                dropout_key: jax.Array | None = None) -> jax.Array:
-    """Predicts ε; dropout is active only when `dropout_key` is given."""
+    """Predicts ε; dropout is active only when `dropout_key` is given.
+    y_B: class labels, or for a text model byte tokens [B, L]."""
     keys = iter(jax.random.split(dropout_key, 64) if dropout_key is not None
                 else [None] * 64)
     temb = timestep_embedding(t_B, self.ch)
     temb = self.temb2(nnx.silu(self.temb1(temb)))
+    text = None
+    if self.text_encoder is not None:
+      text = self.text_encoder(y_B)
     if self.class_emb is not None:
       if y_B is None:
         y_B = jnp.full(t_B.shape, self.num_classes, jnp.int32)
@@ -236,20 +263,26 @@ class UNet(nnx.Module):
     hs = [h]
     for blk, attn in self.down:
       h = blk(h, temb, next(keys)) if isinstance(blk, ResBlock) else blk(h)
-      if attn is not None:
-        h = attn(h)
+      h = _attend(attn, h, text)
       hs.append(h)
-    h = self.mid2(self.mid_attn(self.mid1(h, temb, next(keys))), temb,
-                  next(keys))
+    h = _attend(self.mid_attn, self.mid1(h, temb, next(keys)), text)
+    h = self.mid2(h, temb, next(keys))
     for blk, attn in self.up:
       if isinstance(blk, ResBlock):
         h = blk(jnp.concatenate([h, hs.pop()], axis=-1), temb, next(keys))
       else:
         h = blk(h)
-      if attn is not None:
-        h = attn(h)
+      h = _attend(attn, h, text)
     h = self.conv_out(nnx.silu(self.norm_out(h)))
     return depth_to_space(h, p).astype(jnp.float32)
+
+
+def _attend(block, h, text):
+  if block is None:
+    return h
+  if isinstance(block, TransformerBlock):
+    return block(h, *text)
+  return block(h)
 
 
 def downsample_factor(ch_mult: Sequence[int], patch_size: int = 1) -> int:
@@ -270,6 +303,7 @@ def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
                 seed: int = 0) -> UNet:
   """Builds the UNet from the config's `model` section."""
   patch_size = model_cfg.get('patch_size', 1)
+  text = model_cfg.get('text_conditional', False)
   return UNet(in_channels=channels, ch=model_cfg.ch,
               ch_mult=tuple(model_cfg.ch_mult),
               num_res_blocks=model_cfg.num_res_blocks,
@@ -279,6 +313,13 @@ def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
               dropout=model_cfg.dropout, num_groups=model_cfg.num_groups,
               num_classes=num_classes if model_cfg.class_conditional else 0,
               dtype=model_cfg.dtype, patch_size=patch_size,
+              text_dim=model_cfg.text_dim if text else 0,
+              text_layers=model_cfg.text_layers if text else 0,
+              text_heads=model_cfg.text_heads if text else 1,
+              text_max_len=model_cfg.text_max_len if text else 0,
+              cross_attn_levels=attention_levels(
+                  image_size, model_cfg.ch_mult,
+                  model_cfg.cross_attn_resolutions, patch_size) if text else (),
               rngs=nnx.Rngs(seed))
 
 

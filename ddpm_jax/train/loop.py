@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from ddpm_jax import captions as captions_lib
 from ddpm_jax import checkpoint as ckpt_lib
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
@@ -18,6 +19,7 @@ from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sharding
+from ddpm_jax import tokenizer
 from ddpm_jax.train import step as step_lib
 from ddpm_jax.train.runtime import (MetricsWriter, Preemption, TrainingError,
                                     WorkdirLock, prepare_workdir)
@@ -175,8 +177,8 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
 
 
 class _SampleGrid:
-  """EMA samples (a latent model's decoded); a class-conditional model gets
-  one row per class."""
+  """EMA samples (a latent model's decoded); a class-conditional or text
+  model gets one row per class (`grid_condition`)."""
 
   def __init__(self, setup, mesh):
     config = self.config = setup.config
@@ -197,14 +199,30 @@ class _SampleGrid:
     params = ({'unet': state.ema_params, 'autoencoder': state.autoencoder}
               if self.latent else state.ema_params)
     n, nrow = config.training.num_sample_images, None
-    if config.model.class_conditional:
+    y = grid_condition(config, n)
+    if y is not None:
       k = config.data.num_classes
-      y = np.arange(n, dtype=np.int32) * k // n      # sorted: row r is class r
       nrow = n // k if n % k == 0 else None
-      x, _ = self.fn(params, key, y, np.float32(config.sampling.guidance_scale))
+      x, _ = self.fn(params, key, y, np.float32(config.sampling.guidance_scale),
+                     y_null=config_lib.null_condition(config, n))
     else:
       x, _ = self.fn(params, key)
     return sharding.gather(x), nrow  # every process takes part in the call
+
+
+def grid_condition(config, n: int) -> np.ndarray | None:
+  """The training grid's condition, sorted so that row r is class r: the
+  labels, or a text model's captions "a seven" / "un siete" in turn."""
+  k = config.data.num_classes
+  label = np.arange(n, dtype=np.int32) * k // n
+  if config_lib.is_text(config):
+    prompts = [captions_lib.captions(config.data.captions, int(c),
+                                     captions_lib.LANGUAGES[i % 2])[0]
+               for i, c in enumerate(label)]
+    return tokenizer.tokenize_all(prompts, config.model.text_max_len)
+  if config.model.class_conditional:
+    return label
+  return None
 
 
 class _ReconstructionGrid:

@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ddpm_jax import captions as captions_lib
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax import latent as latent_lib
@@ -148,6 +149,11 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   config = setup.config
   t_cfg, d_cfg = config.training, config.data
   conditional = config.task == 'diffusion' and bool(config.model.class_conditional)
+  text = config_lib.is_text(config)
+  if text:  # every training caption of every class, and the empty prompt
+    table = jnp.asarray(captions_lib.caption_table(d_cfg.captions,
+                                                   config.model.text_max_len))
+    empty = jnp.asarray(config_lib.null_condition(config, 1))
   objective, tx = setup.objective, setup.tx
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -160,6 +166,12 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
     if conditional:
       drop = jax.random.bernoulli(k_label, t_cfg.label_dropout, batch['label'].shape)
       y = jnp.where(drop, d_cfg.num_classes, batch['label'])
+    if text:  # a random caption of each image's class; dropped: the empty one
+      label = batch['label']
+      pick = jax.random.randint(jax.random.fold_in(k_label, 1), label.shape, 0,
+                                table.shape[1])
+      drop = jax.random.bernoulli(k_label, t_cfg.label_dropout, label.shape)
+      y = jnp.where(drop[:, None], empty, table[label, pick])
 
     def loss_fn(params):
       return objective(params, state.autoencoder, x0, y, key)

@@ -1,0 +1,125 @@
+"""Text conditioning: a small pre-LN transformer text encoder over byte
+tokens, and the cross-attention transformer block the UNet places at the
+levels a text config names (Rombach et al., 2022, sec. 3.3)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ddpm_jax import tokenizer
+
+_default_init = nnx.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+_zero_init = nnx.initializers.zeros_init()
+
+
+class Attention(nnx.Module):
+  """Multi-head attention of queries x [B, Q, C] over a context [B, K, D]
+  (x itself for self-attention); keys where `mask_BK` is False get no
+  weight at all. The output projection starts at zero."""
+
+  def __init__(self, dim: int, context_dim: int, heads: int, dtype, *,
+               rngs: nnx.Rngs, zero_out: bool = True):
+    self.heads = heads
+    self.q = nnx.Linear(dim, dim, use_bias=False, kernel_init=_default_init,
+                        dtype=dtype, rngs=rngs)
+    self.kv = nnx.Linear(context_dim, 2 * dim, use_bias=False,
+                         kernel_init=_default_init, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(dim, dim, kernel_init=_zero_init if zero_out
+                          else _default_init, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x_BQC, context_BKD, mask_BK=None):
+    B, Q, C = x_BQC.shape
+    n = self.heads
+    q = self.q(x_BQC).reshape(B, Q, n, C // n)
+    k, v = jnp.split(self.kv(context_BKD), 2, axis=-1)
+    k = k.reshape(B, -1, n, C // n)
+    v = v.reshape(B, -1, n, C // n)
+    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k).astype(jnp.float32)
+    logits = logits * (C // n) ** -0.5
+    if mask_BK is not None:
+      logits = jnp.where(mask_BK[:, None, None, :], logits, -1e30)
+    w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    h = jnp.einsum('bhqk,bkhc->bqhc', w, v).reshape(B, Q, C)
+    return self.out(h)
+
+
+class FeedForward(nnx.Module):
+  def __init__(self, dim: int, mult: int, dtype, *, rngs: nnx.Rngs,
+               zero_out: bool = True):
+    self.fc1 = nnx.Linear(dim, mult * dim, kernel_init=_default_init,
+                          dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(mult * dim, dim, kernel_init=_zero_init if zero_out
+                          else _default_init, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc2(jax.nn.gelu(self.fc1(x)))
+
+
+class EncoderLayer(nnx.Module):
+  """Pre-LN: x + attn(LN x), then x + mlp(LN x)."""
+
+  def __init__(self, dim: int, heads: int, dtype, *, rngs: nnx.Rngs):
+    self.ln1 = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+    self.attn = Attention(dim, dim, heads, dtype, rngs=rngs, zero_out=False)
+    self.ln2 = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+    self.mlp = FeedForward(dim, 4, dtype, rngs=rngs, zero_out=False)
+
+  def __call__(self, x_BLD, mask_BL):
+    h = self.ln1(x_BLD)
+    x_BLD = x_BLD + self.attn(h, h, mask_BL)
+    return x_BLD + self.mlp(self.ln2(x_BLD))
+
+
+class TextEncoder(nnx.Module):
+  """tokens [B, L] -> (context [B, L, D], mask [B, L]): byte embeddings plus
+  learned positions through `layers` pre-LN transformer layers that attend
+  only to BOS..EOS (tokenizer.attention_mask), then a final LayerNorm."""
+
+  def __init__(self, dim: int, layers: int, heads: int, max_len: int, dtype,
+               *, rngs: nnx.Rngs):
+    self.embed = nnx.Embed(tokenizer.VOCAB_SIZE, dim, dtype=dtype, rngs=rngs)
+    self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
+    self.layers = nnx.List([EncoderLayer(dim, heads, dtype, rngs=rngs)
+                            for _ in range(layers)])
+    self.norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, tokens_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    mask_BL = tokenizer.attention_mask(tokens_BL)
+    x = self.embed(tokens_BL) + self.pos[...][None, :tokens_BL.shape[1]].astype(
+        self.embed.dtype or jnp.float32)
+    for layer in self.layers:
+      x = layer(x, mask_BL)
+    return self.norm(x), mask_BL
+
+
+class TransformerBlock(nnx.Module):
+  """The UNet's text block: GroupNorm and a projection in, then
+  self-attention, cross-attention over the text (padding masked) and a
+  feed-forward layer, each pre-LN and residual, and a zero-initialised
+  projection out added to the input."""
+
+  def __init__(self, ch: int, context_dim: int, heads: int, norm, dtype, *,
+               rngs: nnx.Rngs):
+    self.norm = norm
+    self.proj_in = nnx.Linear(ch, ch, kernel_init=_default_init, dtype=dtype,
+                              rngs=rngs)
+    self.ln1 = nnx.LayerNorm(ch, dtype=dtype, rngs=rngs)
+    self.attn1 = Attention(ch, ch, heads, dtype, rngs=rngs, zero_out=False)
+    self.ln2 = nnx.LayerNorm(ch, dtype=dtype, rngs=rngs)
+    self.attn2 = Attention(ch, context_dim, heads, dtype, rngs=rngs,
+                           zero_out=False)
+    self.ln3 = nnx.LayerNorm(ch, dtype=dtype, rngs=rngs)
+    self.ff = FeedForward(ch, 4, dtype, rngs=rngs, zero_out=False)
+    self.proj_out = nnx.Linear(ch, ch, kernel_init=_zero_init, dtype=dtype,
+                               rngs=rngs)
+
+  def __call__(self, x_BHWC, context_BLD, mask_BL):
+    B, H, W, C = x_BHWC.shape
+    h = self.proj_in(self.norm(x_BHWC)).reshape(B, H * W, C)
+    a = self.ln1(h)
+    h = h + self.attn1(a, a)
+    h = h + self.attn2(self.ln2(h), context_BLD, mask_BL)
+    h = h + self.ff(self.ln3(h))
+    return x_BHWC + self.proj_out(h).reshape(B, H, W, C)
