@@ -51,22 +51,37 @@ _FASHION = {
     ],
 }
 
-# {a}: article and word ("an eight", "una bota"); {w}: the word; {n}: numeral
-TRAIN = {
+# {a}: article and word ("an eight", "una bota"); {w}: the word; {n}: numeral.
+# A training caption is a prefix, a body and a suffix, so that the class word
+# sits at many positions (the encoder's positions are learned).
+_TRAIN_PARTS = {
     'digits': {
-        'en': ('{a}', '{w}', 'a handwritten {w}', 'the digit {n}',
-               'the number {w}', '{a} written by hand', 'digit {n}',
-               'handwritten digit {w}'),
-        'es': ('{a}', '{w}', '{a} escrito a mano', 'el dígito {n}',
-               'el número {w}', 'dígito {n}', 'número {w} manuscrito'),
+        'en': (('', 'this is ', 'here is ', 'show me ', 'an image of ',
+                'a scan of ', 'one more: '),
+               ('{a}', '{w}', 'a handwritten {w}', 'the digit {n}',
+                'the number {w}', '{a} written by hand', 'digit {n}',
+                'handwritten digit {w}'),
+               ('', ' in white ink', ', centred')),
+        'es': (('', 'esto es ', 'aquí hay ', 'enséñame ', 'una foto de ',
+                'un escaneo de ', 'otro más: '),
+               ('{a}', '{w}', '{a} escrito a mano', 'el dígito {n}',
+                'el número {w}', 'dígito {n}', 'número {w} manuscrito'),
+               ('', ' en tinta blanca', ', centrado')),
     },
     'fashion': {
-        'en': ('{a}', '{w}', 'a photo of {a}', 'a picture of {a}',
-               'a grey {w}', 'a small photo of {a}'),
-        'es': ('{a}', '{w}', 'una foto de {a}', 'una imagen de {a}',
-               'foto en gris de {a}'),
+        'en': (('', 'this is ', 'here is ', 'show me ', 'a scan of '),
+               ('{a}', '{w}', 'a photo of {a}', 'a picture of {a}',
+                'a grey {w}', 'a small photo of {a}'),
+               ('', ' on black', ', centred')),
+        'es': (('', 'esto es ', 'aquí hay ', 'enséñame ', 'un escaneo de '),
+               ('{a}', '{w}', 'una foto de {a}', 'una imagen de {a}',
+                'foto en gris de {a}'),
+               ('', ' sobre negro', ', centrado')),
     },
 }
+TRAIN = {name: {lang: tuple(p + b + s for p in pre for b in body for s in suf)
+                for lang, (pre, body, suf) in langs.items()}
+         for name, langs in _TRAIN_PARTS.items()}
 HELD_OUT = {
     'digits': {
         'en': ('a picture of the number {w}', 'please draw {a}',
@@ -97,14 +112,15 @@ def num_classes(name: str) -> int:
 def captions(name: str, label: int, lang: str, split: str = 'train'
              ) -> list[str]:
   """Every caption of class `label` in `lang` from the `split` templates
-  ('train' or 'held_out')."""
+  ('train' or 'held_out') that fits the tokenizer's length."""
   templates = (TRAIN if split == 'train' else HELD_OUT)[name][lang]
   out = []
   for template in templates:
     for article, word in _synonyms(name, lang, label):
       out.append(template.format(a=f'{article} {word}'.strip(), w=word,
                                  n=str(label)))
-  return list(dict.fromkeys(out))   # in order, without repeats
+  fits = [c for c in out if len(c.encode('utf-8')) <= tokenizer.MAX_LEN - 2]
+  return list(dict.fromkeys(fits))   # in order, without repeats; none cut
 
 
 def caption_table(name: str, max_len: int = tokenizer.MAX_LEN) -> np.ndarray:

@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text_heads = 4
   c.model.text_max_len = 48       # tokens, BOS and EOS included
   c.model.cross_attn_resolutions = ()
+  c.model.text_pooled = True      # also add the prompt's mean to the time embedding
 
   # 'diffusion' trains the UNet; 'autoencoder' trains the KL autoencoder of
   # the `autoencoder` section (for latent diffusion), with the same loop.

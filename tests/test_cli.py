@@ -214,7 +214,12 @@ def test_sample_bad_inputs_are_one_line_before_sampling(trained, tmp_path):
   data[16:24] = (100000).to_bytes(4, 'big') * 2
   huge.write_bytes(bytes(data))
   (tmp_path / 'adir.png').mkdir()
+  latin1 = tmp_path / 'prompts.txt'
+  latin1.write_bytes('un siete, año\n'.encode('latin-1'))
   cases = [
+      (['--prompt=a one'], 'prompts need a text-conditioned model'),
+      (['--label=1', '--prompt=a one'], 'labels or a prompt, not both'),
+      ([f'--prompt-file={latin1}'], 'is not UTF-8 text (byte 11)'),
       (['--guidance-scale=nan'], 'guidance scale'),
       (['--sampler=ddim', '--eta=nan'], 'eta must be a finite number'),
       (['--sampler=ddim', '--eta=-1'], 'eta must be a finite number'),

@@ -30,7 +30,8 @@ _ARGS = [sys.executable, os.path.join(REPO, 'train.py'),
 
 
 def _start_two(workdir, *args):
-  env = dict(os.environ, XLA_FLAGS='')  # one CPU device per process
+  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')  # one
+  # CPU device per process
   port = _free_port()
   return [subprocess.Popen(_ARGS + list(args) + [
       f'--workdir={workdir}', f'--coordinator=localhost:{port}',

@@ -52,6 +52,9 @@ def main() -> None:
     if _CONFIG.value.task == 'autoencoder':
       print(f'next: python train.py --config configs/mnist_latent.py '
             f'--config.latent.autoencoder_workdir={workdir}')
+    elif _CONFIG.value.model.get('text_conditional'):
+      print(f'next: python sample.py --workdir {workdir} --prompt "a seven" '
+            '--prompt "un tres" --num 16 --out samples.png')
     else:
       print(f'next: python sample.py --workdir {workdir} --out samples.png')
 

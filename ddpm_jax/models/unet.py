@@ -165,7 +165,9 @@ class UNet(nnx.Module):
   `text_max_len`) trained with the UNet, and every block at the
   `cross_attn_levels` (and the middle, if the lowest level is one of them)
   is a `TransformerBlock` with cross-attention over the text instead of
-  self-attention alone. With `text_dim` 0 the parameter tree is the
+  self-attention alone; with `text_pooled` the mean of the encoder's output
+  over the prompt is also added to the time embedding (as Imagen and SDXL
+  do). With `text_dim` 0 the parameter tree is the
   unconditional (or class) UNet's, unchanged.
   """
 
@@ -176,7 +178,7 @@ class UNet(nnx.Module):
                dtype: str = 'float32', patch_size: int = 1,
                text_dim: int = 0, text_layers: int = 0, text_heads: int = 1,
                text_max_len: int = 0, cross_attn_levels: Sequence[int] = (),
-               rngs: nnx.Rngs):
+               text_pooled: bool = False, rngs: nnx.Rngs):
     dt = jnp.dtype(dtype)
     temb_dim = 4 * ch
     self.ch = ch
@@ -194,6 +196,9 @@ class UNet(nnx.Module):
     self.text_encoder = (TextEncoder(text_dim, text_layers, text_heads,
                                      text_max_len, dt, rngs=rngs)
                          if text_dim else None)
+    self.text_pool = (nnx.Linear(text_dim, temb_dim, kernel_init=_default_init,
+                                 dtype=dt, rngs=rngs)
+                      if text_dim and text_pooled else None)
 
     def attention(level, c):
       if text_dim and level in cross_attn_levels:
@@ -253,6 +258,11 @@ class UNet(nnx.Module):
     text = None
     if self.text_encoder is not None:
       text = self.text_encoder(y_B)
+      if self.text_pool is not None:   # the mean over BOS..EOS
+        context_BLD, mask_BL = text
+        m = mask_BL[..., None].astype(context_BLD.dtype)
+        pooled = (context_BLD * m).sum(1) / m.sum(1)
+        temb = temb + self.text_pool(pooled)
     if self.class_emb is not None:
       if y_B is None:
         y_B = jnp.full(t_B.shape, self.num_classes, jnp.int32)
@@ -317,6 +327,7 @@ def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
               text_layers=model_cfg.text_layers if text else 0,
               text_heads=model_cfg.text_heads if text else 1,
               text_max_len=model_cfg.text_max_len if text else 0,
+              text_pooled=bool(model_cfg.get('text_pooled', False)) and text,
               cross_attn_levels=attention_levels(
                   image_size, model_cfg.ch_mult,
                   model_cfg.cross_attn_resolutions, patch_size) if text else (),
