@@ -2,6 +2,7 @@
 
 Layers, lowest first; a module imports only from its own layer or lower:
   0  errors files xla_options schedules diffusion samplers data images sharding
+     tokenizer captions
   1  config models/ checkpoint latent
   2  train/ pipeline metrics/
   3  cli/
@@ -16,7 +17,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / 'ddpm_jax'
 
 LAYERS = {
     0: {'errors', 'files', 'xla_options', 'schedules', 'diffusion', 'samplers',
-        'data', 'images', 'sharding'},
+        'data', 'images', 'sharding', 'tokenizer', 'captions'},
     1: {'config', 'models', 'checkpoint', 'latent'},
     2: {'train', 'pipeline', 'metrics'},
     3: {'cli'},
