@@ -76,7 +76,7 @@ def test_inpainting_keeps_the_known_pixels(tiny_config):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(guidance_scale=2.0, labels=[1]), 'needs a class-conditional model'),
+    (dict(guidance_scale=2.0, labels=[1]), 'needs a class- or text-conditioned model'),
     (dict(labels=[1]), 'labels need a class-conditional model'),
     (dict(strength=1.5, init_image=np.zeros((8, 8, 1))), r'strength must be in \[0, 1\]'),
     (dict(init_image=np.zeros((8, 8, 1)), mask=np.zeros((6, 6, 1))), 'the mask has shape'),
