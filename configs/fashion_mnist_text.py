@@ -1,6 +1,7 @@
 """Text prompts on Fashion-MNIST (needs the TFDS dataset prepared and
 configs/fashion_mnist_autoencoder.py trained first): configs/mnist_text.py
-with the Fashion captions ("an ankle boot", "una bota", ...; captions.py).
+with the Fashion captions ("an ankle boot", "una bota", ...; captions.py):
+configs/fashion_mnist_latent.py with mnist_text's UNet and text encoder.
 
 Run:
   python train.py --config configs/fashion_mnist_autoencoder.py --workdir workdirs/fashion_mnist_autoencoder
@@ -17,12 +18,9 @@ from ddpm_jax.config import load_config_file
 
 def get_config():
   here = os.path.dirname(__file__)
-  c = load_config_file(os.path.join(here, 'mnist_text.py'))
-  c.autoencoder = load_config_file(
-      os.path.join(here, 'fashion_mnist_autoencoder.py')).autoencoder
-  c.data.name = 'fashion_mnist'
+  c = load_config_file(os.path.join(here, 'fashion_mnist_latent.py'))
+  text = load_config_file(os.path.join(here, 'mnist_text.py'))
+  c.model = text.model
+  c.sampling.guidance_scale = text.sampling.guidance_scale
   c.data.captions = 'fashion'
-  c.latent.autoencoder_workdir = 'workdirs/fashion_mnist_autoencoder'
-  c.training.num_steps = 10_000
-  c.training.checkpoint_every = 1000
   return c

@@ -19,15 +19,15 @@ from ddpm_jax.config import load_config_file
 
 
 def get_config():
-  c = load_config_file(os.path.join(os.path.dirname(__file__), 'mnist.py'))
-  c.model.class_conditional = False
-  c.model.text_conditional = True
-  c.model.text_dim = 64
-  c.model.text_layers = 2
-  c.model.text_heads = 4
+  here = os.path.dirname(__file__)
+  c = load_config_file(os.path.join(here, 'mnist.py'))
+  text = load_config_file(os.path.join(here, 'mnist_text.py'))
+  for key in ('class_conditional', 'text_conditional', 'text_dim',
+              'text_layers', 'text_heads', 'text_max_len', 'text_pooled'):
+    c.model[key] = text.model[key]
+  c.data.captions = text.data.captions
+  c.sampling.guidance_scale = text.sampling.guidance_scale
   c.model.cross_attn_resolutions = (14, 7)
-  c.data.captions = 'digits'
   c.training.num_steps = 2000
   c.training.checkpoint_every = 500
-  c.sampling.guidance_scale = 3.0
   return c
