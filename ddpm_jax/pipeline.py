@@ -473,7 +473,7 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
       nrow = num // len(prompt)  # one row per prompt
     if sample_kwargs.get('guidance_scale') is None:
       sample_kwargs['guidance_scale'] = pipe.config.sampling.guidance_scale
-  if pipe.num_classes:  # as the training grid: every class, the config's w
+  if pipe.num_classes and prompt is None:  # as the training grid: every class
     k = pipe.num_classes
     if labels is None and num % k == 0:
       labels, nrow = [i * k // num for i in range(num)], num // k  # row r: class r
