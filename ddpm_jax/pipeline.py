@@ -471,16 +471,15 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   if pipe.text_conditional and prompt is not None:
     if not isinstance(prompt, str) and len(prompt) > 1 and num % len(prompt) == 0:
       nrow = num // len(prompt)  # one row per prompt
-    if sample_kwargs.get('guidance_scale') is None:
-      sample_kwargs['guidance_scale'] = pipe.config.sampling.guidance_scale
   if pipe.num_classes and prompt is None:  # as the training grid: every class
     k = pipe.num_classes
     if labels is None and num % k == 0:
       labels, nrow = [i * k // num for i in range(num)], num // k  # row r: class r
     elif labels is None:
       labels = [i % k for i in range(num)]
-    if sample_kwargs.get('guidance_scale') is None:
-      sample_kwargs['guidance_scale'] = pipe.config.sampling.guidance_scale
+  conditioned = pipe.num_classes or (pipe.text_conditional and prompt is not None)
+  if conditioned and sample_kwargs.get('guidance_scale') is None:
+    sample_kwargs['guidance_scale'] = pipe.config.sampling.guidance_scale
   c = pipe.config.data.channels
   x_init = images_lib.read_image(init_image, c, '--init-image') if init_image else None
   m = None

@@ -17,17 +17,17 @@ _zero_init = nnx.initializers.zeros_init()
 class Attention(nnx.Module):
   """Multi-head attention of queries x [B, Q, C] over a context [B, K, D]
   (x itself for self-attention); keys where `mask_BK` is False get no
-  weight at all. The output projection starts at zero."""
+  weight at all."""
 
   def __init__(self, dim: int, context_dim: int, heads: int, dtype, *,
-               rngs: nnx.Rngs, zero_out: bool = True):
+               rngs: nnx.Rngs):
     self.heads = heads
     self.q = nnx.Linear(dim, dim, use_bias=False, kernel_init=_default_init,
                         dtype=dtype, rngs=rngs)
     self.kv = nnx.Linear(context_dim, 2 * dim, use_bias=False,
                          kernel_init=_default_init, dtype=dtype, rngs=rngs)
-    self.out = nnx.Linear(dim, dim, kernel_init=_zero_init if zero_out
-                          else _default_init, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(dim, dim, kernel_init=_default_init, dtype=dtype,
+                          rngs=rngs)
 
   def __call__(self, x_BQC, context_BKD, mask_BK=None):
     B, Q, C = x_BQC.shape
@@ -46,12 +46,11 @@ class Attention(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-  def __init__(self, dim: int, mult: int, dtype, *, rngs: nnx.Rngs,
-               zero_out: bool = True):
+  def __init__(self, dim: int, mult: int, dtype, *, rngs: nnx.Rngs):
     self.fc1 = nnx.Linear(dim, mult * dim, kernel_init=_default_init,
                           dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(mult * dim, dim, kernel_init=_zero_init if zero_out
-                          else _default_init, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(mult * dim, dim, kernel_init=_default_init,
+                          dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     return self.fc2(jax.nn.gelu(self.fc1(x)))
@@ -62,9 +61,9 @@ class EncoderLayer(nnx.Module):
 
   def __init__(self, dim: int, heads: int, dtype, *, rngs: nnx.Rngs):
     self.ln1 = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
-    self.attn = Attention(dim, dim, heads, dtype, rngs=rngs, zero_out=False)
+    self.attn = Attention(dim, dim, heads, dtype, rngs=rngs)
     self.ln2 = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
-    self.mlp = FeedForward(dim, 4, dtype, rngs=rngs, zero_out=False)
+    self.mlp = FeedForward(dim, 4, dtype, rngs=rngs)
 
   def __call__(self, x_BLD, mask_BL):
     h = self.ln1(x_BLD)
@@ -106,12 +105,11 @@ class TransformerBlock(nnx.Module):
     self.proj_in = nnx.Linear(ch, ch, kernel_init=_default_init, dtype=dtype,
                               rngs=rngs)
     self.ln1 = nnx.LayerNorm(ch, dtype=dtype, rngs=rngs)
-    self.attn1 = Attention(ch, ch, heads, dtype, rngs=rngs, zero_out=False)
+    self.attn1 = Attention(ch, ch, heads, dtype, rngs=rngs)
     self.ln2 = nnx.LayerNorm(ch, dtype=dtype, rngs=rngs)
-    self.attn2 = Attention(ch, context_dim, heads, dtype, rngs=rngs,
-                           zero_out=False)
+    self.attn2 = Attention(ch, context_dim, heads, dtype, rngs=rngs)
     self.ln3 = nnx.LayerNorm(ch, dtype=dtype, rngs=rngs)
-    self.ff = FeedForward(ch, 4, dtype, rngs=rngs, zero_out=False)
+    self.ff = FeedForward(ch, 4, dtype, rngs=rngs)
     self.proj_out = nnx.Linear(ch, ch, kernel_init=_zero_init, dtype=dtype,
                                rngs=rngs)
 

@@ -192,6 +192,9 @@ class _SampleGrid:
         apply, config_lib.sampler_from_config(config),
         (n,) + config_lib.unet_input_shape(config), mesh,
         null_label=config.data.num_classes, codec=codec)
+    n = config.training.num_sample_images
+    self.y = grid_condition(config, n)           # fixed: built once
+    self.y_null = config_lib.null_condition(config, n)
 
   def __call__(self, state, step: int):
     config = self.config
@@ -199,12 +202,12 @@ class _SampleGrid:
     params = ({'unet': state.ema_params, 'autoencoder': state.autoencoder}
               if self.latent else state.ema_params)
     n, nrow = config.training.num_sample_images, None
-    y = grid_condition(config, n)
-    if y is not None:
+    if self.y is not None:
       k = config.data.num_classes
       nrow = n // k if n % k == 0 else None
-      x, _ = self.fn(params, key, y, np.float32(config.sampling.guidance_scale),
-                     y_null=config_lib.null_condition(config, n))
+      x, _ = self.fn(params, key, self.y,
+                     np.float32(config.sampling.guidance_scale),
+                     y_null=self.y_null)
     else:
       x, _ = self.fn(params, key)
     return sharding.gather(x), nrow  # every process takes part in the call

@@ -163,15 +163,15 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
     x0 = data_lib.preprocess(batch['image'], d_cfg.image_size,
                              d_cfg.random_flip, k_flip, d_cfg.resize)
     y = None
-    if conditional:
-      drop = jax.random.bernoulli(k_label, t_cfg.label_dropout, batch['label'].shape)
-      y = jnp.where(drop, d_cfg.num_classes, batch['label'])
-    if text:  # a random caption of each image's class; dropped: the empty one
+    if conditional or text:  # dropped (for guidance): the null label or prompt
       label = batch['label']
-      pick = jax.random.randint(jax.random.fold_in(k_label, 1), label.shape, 0,
-                                table.shape[1])
       drop = jax.random.bernoulli(k_label, t_cfg.label_dropout, label.shape)
-      y = jnp.where(drop[:, None], empty, table[label, pick])
+      if text:  # a random caption of each image's class, or the empty one
+        pick = jax.random.randint(jax.random.fold_in(k_label, 1), label.shape,
+                                  0, table.shape[1])
+        y = jnp.where(drop[:, None], empty, table[label, pick])
+      else:
+        y = jnp.where(drop, d_cfg.num_classes, label)
 
     def loss_fn(params):
       return objective(params, state.autoencoder, x0, y, key)
