@@ -105,7 +105,7 @@ def parse_overrides(text: str) -> dict:
 
 
 def run_recipe(name: str, overrides: dict, budget: float, root: str, num: int,
-               sampler: str, steps: int, lenet_cache: str | None) -> dict:
+               sampler: str, steps: int) -> dict:
   from ddpm_jax.metrics.report import evaluate
   from ddpm_jax.train.loop import train
   config = recipe_config(overrides)
@@ -115,9 +115,6 @@ def run_recipe(name: str, overrides: dict, budget: float, root: str, num: int,
   config.training.log_every = 25
   workdir = os.path.join(root, name)
   shutil.rmtree(workdir, ignore_errors=True)
-  if lenet_cache and os.path.exists(lenet_cache):
-    os.makedirs(os.path.join(workdir, 'eval'))
-    shutil.copy(lenet_cache, os.path.join(workdir, 'eval', 'mnist_lenet.npz'))
   stop = threading.Event()
   timer = threading.Timer(budget, stop.set)
   t0 = time.time()
@@ -197,13 +194,9 @@ def main() -> None:
     for name, overrides in recipes.items():
       print(json.dumps(probe_step_time(name, overrides)), flush=True)
     return
-  cache = os.path.join(args.root, 'mnist_lenet.npz')
-  if not os.path.exists(cache):
-    from ddpm_jax.metrics import mnist_lenet
-    mnist_lenet.mnist_classifier(args.root)
   for name, overrides in recipes.items():
     row = run_recipe(name, overrides, args.budget, args.root, args.num,
-                     args.sampler, args.steps, cache)
+                     args.sampler, args.steps)
     print(json.dumps(row), flush=True)
     if args.out:
       with open(args.out, 'a') as f:

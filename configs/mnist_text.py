@@ -34,9 +34,11 @@ def get_config():
   c.model.class_conditional = False
   c.model.text_conditional = True
   c.model.text_dim = 64
-  c.model.text_layers = 2
+  c.model.text_layers = 1
+  c.model.text_conv = 5
+  c.model.text_pool = 'attention'
   c.model.text_heads = 4
-  c.model.cross_attn_resolutions = (8, 4)
+  c.model.cross_attn_resolutions = (4,)
   c.data.captions = 'digits'
   c.training.num_steps = 4000
   c.training.checkpoint_every = 500

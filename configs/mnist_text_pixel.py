@@ -23,7 +23,8 @@ def get_config():
   c = load_config_file(os.path.join(here, 'mnist.py'))
   text = load_config_file(os.path.join(here, 'mnist_text.py'))
   for key in ('class_conditional', 'text_conditional', 'text_dim',
-              'text_layers', 'text_heads', 'text_max_len', 'text_pooled'):
+              'text_layers', 'text_heads', 'text_max_len', 'text_pool',
+              'text_conv'):
     c.model[key] = text.model[key]
   c.data.captions = text.data.captions
   c.sampling.guidance_scale = text.sampling.guidance_scale

@@ -62,11 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
   # captions come from the labels (data.captions).
   c.model.text_conditional = False
   c.model.text_dim = 64
-  c.model.text_layers = 2
+  c.model.text_layers = 1
   c.model.text_heads = 4
   c.model.text_max_len = 48       # tokens, BOS and EOS included
+  c.model.text_conv = 5           # width of a byte convolution before the encoder (0: none)
   c.model.cross_attn_resolutions = ()
-  c.model.text_pooled = True      # also add the prompt's mean to the time embedding
+  c.model.text_pool = 'attention'  # one vector for the prompt, added to the time
+                                   # embedding: 'attention', 'mean' or ''
 
   # 'diffusion' trains the UNet; 'autoencoder' trains the KL autoencoder of
   # the `autoencoder` section (for latent diffusion), with the same loop.
@@ -119,7 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.training.checkpoint_every = 250
   c.training.keep_checkpoints = 3
   c.training.sample_every = 0     # 0: only at the end
-  c.training.num_sample_images = 36
+  c.training.num_sample_images = 36   # the grid in <workdir>/samples (0: none)
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.sampler = 'ddpm'
@@ -247,9 +249,9 @@ def validate(config, num_devices: int = 1) -> None:
   for name in ('checkpoint_every', 'log_every', 'keep_checkpoints'):
     if t[name] <= 0:
       raise ConfigError(f'training.{name} must be positive, got {t[name]}')
-  if t.sample_every < 0 or t.num_sample_images <= 0:
-    raise ConfigError('training.sample_every must be >= 0 and '
-                      'training.num_sample_images positive')
+  if t.sample_every < 0 or t.num_sample_images < 0:
+    raise ConfigError('training.sample_every and training.num_sample_images '
+                      'must be >= 0')
   if not 0.0 <= t.ema_decay < 1.0:
     raise ConfigError(f'training.ema_decay must be in [0, 1), got {t.ema_decay}')
   if t.learning_rate <= 0 or t.warmup_steps < 0 or t.grad_clip <= 0:
@@ -346,6 +348,11 @@ def _validate_text(config) -> None:
   if min(m.text_dim, m.text_layers, m.text_heads) <= 0 or m.text_max_len < 3:
     raise ConfigError('model.text_dim, text_layers and text_heads must be '
                       'positive and text_max_len at least 3')
+  if m.text_conv < 0:
+    raise ConfigError(f'model.text_conv must be >= 0, got {m.text_conv}')
+  if m.text_pool not in ('', 'mean', 'attention'):
+    raise ConfigError(f"model.text_pool must be 'attention', 'mean' or '', "
+                      f'got {m.text_pool!r}')
   if not m.cross_attn_resolutions:
     raise ConfigError('a text model needs model.cross_attn_resolutions: the '
                       'resolutions where the UNet reads the prompt')

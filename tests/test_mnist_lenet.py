@@ -22,3 +22,14 @@ def test_held_out_split_and_classifier_metrics(tmp_path):
       real['real_confident_share'] - real['confident_share']) < 0.05
   assert noise['confident_share'] < noise['real_confident_share']
   assert noise['class_entropy_bits'] < real['class_entropy_bits']
+
+
+def test_the_shipped_classifier_is_loaded_and_accurate(tmp_path):
+  model, held, labels = mnist_lenet.mnist_classifier(str(tmp_path))
+  assert not (tmp_path / 'mnist_lenet.npz').exists()   # nothing trained
+  assert (mnist_lenet.classify(model, held)[1].argmax(1) == labels).mean() > 0.95  # 0.963
+  # a workdir's own classifier, cached by an older version, is kept
+  trained, _, _ = mnist_lenet.mnist_classifier(str(tmp_path), steps=5)
+  again, _, _ = mnist_lenet.mnist_classifier(str(tmp_path))
+  np.testing.assert_array_equal(mnist_lenet.classify(again, held[:8])[1],
+                                mnist_lenet.classify(trained, held[:8])[1])

@@ -1,6 +1,7 @@
 """Every command of the README's Usage block runs as written, in a fresh
 directory after command 1, on a tiny model where the default would be slow.
-Only sizes change: the training flags below, 1000 sampling steps -> 10 and
+Only sizes change: the training flags below (after the first training line,
+no sample grid: tests/test_cli.py checks it), 1000 sampling steps -> 10 and
 1000 evaluation samples -> 20, to keep the suite short."""
 
 import os
@@ -17,11 +18,12 @@ TINY_FLAGS = ' '.join(shlex.quote(f) for f in (
     '--config.model.ch=8', '--config.model.num_groups=4',
     '--config.model.ch_mult=(1,2)', '--config.model.attn_resolutions=()',
     '--config.training.batch_size=8', '--config.training.warmup_steps=1',
-    '--config.training.num_sample_images=4',
     '--config.training.checkpoint_every=2', '--config.training.log_every=1',
     # the latent-diffusion lines: a small autoencoder, its scale from 256 images
     '--config.autoencoder.ch=8', '--config.autoencoder.num_groups=4',
-    '--config.autoencoder.scale_images=256'))
+    '--config.autoencoder.scale_images=256',
+    # the text line: a narrower text encoder
+    '--config.model.text_dim=16', '--config.model.text_heads=2'))
 
 
 def usage_lines() -> list[str]:
@@ -53,7 +55,8 @@ def test_every_usage_line_runs_as_written(tmp_path):
       m = re.search(r'--config\.training\.num_steps=\d+', cmd)
       cmd = (cmd.replace(m.group(0), '--config.training.num_steps=4') if m
              else cmd + ' --config.training.num_steps=2')
-      cmd += ' ' + TINY_FLAGS
+      grid = 4 if line == 'python train.py' else 0
+      cmd += f' {TINY_FLAGS} --config.training.num_sample_images={grid}'
     assert cmd.startswith('python ')
     cmd = shlex.quote(sys.executable) + cmd[len('python'):]
     r = subprocess.run(['bash', '-c', cmd], cwd=tmp_path, env=env,

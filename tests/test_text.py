@@ -89,9 +89,11 @@ def test_the_text_path_is_differentiable_and_the_loss_falls(text_config):
     state, m = step(state, sharding.shard_batch(batches.batch(i), mesh))
     losses.append(float(m['loss']))
   assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
-  # gradients reached the text encoder: its embeddings and positions moved
+  # gradients reached the text encoder (its embeddings, byte convolution and
+  # positions moved) and the attention pooling
   before, after = init['text_encoder'], state.params['text_encoder']
-  for name in ('embed', 'pos'):
+  before['pooler'], after['pooler'] = init['text_pooler'], state.params['text_pooler']
+  for name in ('embed', 'conv', 'pos', 'pooler'):
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
                          before[name], after[name])
     assert min(jax.tree.leaves(moved)) > 0, name
@@ -105,7 +107,9 @@ def test_a_text_config_is_checked(text_config):
       ('model.text_heads', 3, 'does not divide'),
       ('model.class_conditional', True, 'exclude each other'),
       ('data.captions', 'birds', "data.captions='birds' is not one of"),
-      ('model.text_max_len', 2, 'at least 3')]:
+      ('model.text_max_len', 2, 'at least 3'),
+      ('model.text_conv', -1, 'text_conv must be >= 0'),
+      ('model.text_pool', 'max', 'text_pool must be')]:
     c = text_config.copy_and_resolve_references()
     section, name = field.split('.')
     c[section][name] = value
@@ -225,6 +229,9 @@ def test_a_trained_text_model_follows_prompts_and_negative_prompts(text_config):
   they name (judged by a classifier of real images; chance 0.5), and a
   negative prompt naming the 1 draws fewer 1s. Held-out templates need a
   larger model and longer training: the README measures them."""
+  # At this size the mean pools the prompt better than attention: 300 steps,
+  # prompts right 0.73-0.88 against 0.64-0.73 (two seeds each, measured).
+  text_config.model.text_pool = 'mean'
   pipe, classify = _train_two_digits(text_config, 300)
   results = {}
   for lang in captions.LANGUAGES:
@@ -237,4 +244,4 @@ def test_a_trained_text_model_follows_prompts_and_negative_prompts(text_config):
   ones_plain = classify(pipe.sample(**kw)).mean()
   ones_negative = classify(pipe.sample(negative_prompt='a one', **kw)).mean()
   assert ones_negative < ones_plain - 0.06, (ones_plain, ones_negative)  # 64
-  # images: 0.52 -> 0.39 when written
+  # images: 0.43 -> 0.23 when written

@@ -2,7 +2,7 @@
 
 The report (printed and written to <workdir>/eval_<step>.json) holds:
 - the FD between generated samples and the 1,000 held-out real images, in the
-  features of a LeNet trained on the rest of MNIST-5k (cached in the workdir);
+  features of a LeNet trained on the rest of MNIST-5k (shipped with the package);
 - the real-vs-real floor (one held-out half against the other);
 - the share of confident predictions (max p > 0.9);
 - the entropy of the predicted-class histogram (mode coverage; max log2 10);

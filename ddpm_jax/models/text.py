@@ -74,11 +74,19 @@ class EncoderLayer(nnx.Module):
 class TextEncoder(nnx.Module):
   """tokens [B, L] -> (context [B, L, D], mask [B, L]): byte embeddings plus
   learned positions through `layers` pre-LN transformer layers that attend
-  only to BOS..EOS (tokenizer.attention_mask), then a final LayerNorm."""
+  only to BOS..EOS (tokenizer.attention_mask), then a final LayerNorm.
+
+  With `conv` > 0 a residual 1-D convolution of that width first mixes
+  neighbouring bytes (padding zeroed, so nothing after EOS is read): each
+  position then sees a few letters of its word, as character-level models
+  (CANINE, Charformer) do before their transformer."""
 
   def __init__(self, dim: int, layers: int, heads: int, max_len: int, dtype,
-               *, rngs: nnx.Rngs):
+               *, conv: int = 0, rngs: nnx.Rngs):
     self.embed = nnx.Embed(tokenizer.VOCAB_SIZE, dim, dtype=dtype, rngs=rngs)
+    self.conv = (nnx.Conv(dim, dim, (conv,), padding='SAME',
+                          kernel_init=_default_init, dtype=dtype, rngs=rngs)
+                 if conv else None)
     self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
     self.layers = nnx.List([EncoderLayer(dim, heads, dtype, rngs=rngs)
                             for _ in range(layers)])
@@ -86,11 +94,35 @@ class TextEncoder(nnx.Module):
 
   def __call__(self, tokens_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
     mask_BL = tokenizer.attention_mask(tokens_BL)
-    x = self.embed(tokens_BL) + self.pos[...][None, :tokens_BL.shape[1]].astype(
-        self.embed.dtype or jnp.float32)
+    x = self.embed(tokens_BL)
+    if self.conv is not None:
+      x = x * mask_BL[..., None].astype(x.dtype)
+      x = x + self.conv(x)
+    x = x + self.pos[...][None, :tokens_BL.shape[1]].astype(x.dtype)
     for layer in self.layers:
       x = layer(x, mask_BL)
     return self.norm(x), mask_BL
+
+
+def mean_pool(context_BLD: jax.Array, mask_BL: jax.Array) -> jax.Array:
+  """The mean of the encoder's output over BOS..EOS: [B, L, D] -> [B, D]."""
+  m = mask_BL[..., None].astype(context_BLD.dtype)
+  return (context_BLD * m).sum(1) / m.sum(1)
+
+
+class AttentionPool(nnx.Module):
+  """One learned query attending over BOS..EOS: [B, L, D] -> [B, D]. Unlike
+  the mean it can learn to read the words that name the class and skip the
+  template around them (Imagen pools its text this way)."""
+
+  def __init__(self, dim: int, heads: int, dtype, *, rngs: nnx.Rngs):
+    self.query = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, dim)))
+    self.attn = Attention(dim, dim, heads, dtype, rngs=rngs)
+
+  def __call__(self, context_BLD: jax.Array, mask_BL: jax.Array) -> jax.Array:
+    B, _, D = context_BLD.shape
+    q = jnp.broadcast_to(self.query[...].astype(context_BLD.dtype), (B, 1, D))
+    return self.attn(q, context_BLD, mask_BL)[:, 0]
 
 
 class TransformerBlock(nnx.Module):

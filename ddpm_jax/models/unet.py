@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ddpm_jax.models.text import TextEncoder, TransformerBlock
+from ddpm_jax.models.text import (AttentionPool, TextEncoder, TransformerBlock,
+                                  mean_pool)
 
 _default_init = nnx.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 _zero_init = nnx.initializers.zeros_init()
@@ -165,9 +166,9 @@ class UNet(nnx.Module):
   `text_max_len`) trained with the UNet, and every block at the
   `cross_attn_levels` (and the middle, if the lowest level is one of them)
   is a `TransformerBlock` with cross-attention over the text instead of
-  self-attention alone; with `text_pooled` the mean of the encoder's output
-  over the prompt is also added to the time embedding (as Imagen and SDXL
-  do). With `text_dim` 0 the parameter tree is the
+  self-attention alone. `text_pool` also adds one vector for the whole
+  prompt to the time embedding (as Imagen and SDXL do): 'attention' (a
+  learned query attends over the prompt), 'mean' (its mean) or '' (none). With `text_dim` 0 the parameter tree is the
   unconditional (or class) UNet's, unchanged.
   """
 
@@ -178,7 +179,8 @@ class UNet(nnx.Module):
                dtype: str = 'float32', patch_size: int = 1,
                text_dim: int = 0, text_layers: int = 0, text_heads: int = 1,
                text_max_len: int = 0, cross_attn_levels: Sequence[int] = (),
-               text_pooled: bool = False, rngs: nnx.Rngs):
+               text_pool: str = '', text_conv: int = 0,
+               rngs: nnx.Rngs):
     dt = jnp.dtype(dtype)
     temb_dim = 4 * ch
     self.ch = ch
@@ -194,11 +196,17 @@ class UNet(nnx.Module):
     self.conv_in = nnx.Conv(in_channels, ch, (3, 3), kernel_init=_default_init,
                             dtype=dt, rngs=rngs)
     self.text_encoder = (TextEncoder(text_dim, text_layers, text_heads,
-                                     text_max_len, dt, rngs=rngs)
+                                     text_max_len, dt, conv=text_conv,
+                                     rngs=rngs)
                          if text_dim else None)
+    if text_pool not in ('', 'mean', 'attention'):
+      raise ValueError(f"text_pool must be '', 'mean' or 'attention', got "
+                       f'{text_pool!r}')
+    self.text_pooler = (AttentionPool(text_dim, text_heads, dt, rngs=rngs)
+                        if text_dim and text_pool == 'attention' else None)
     self.text_pool = (nnx.Linear(text_dim, temb_dim, kernel_init=_default_init,
                                  dtype=dt, rngs=rngs)
-                      if text_dim and text_pooled else None)
+                      if text_dim and text_pool else None)
 
     def attention(level, c):
       if text_dim and level in cross_attn_levels:
@@ -258,10 +266,9 @@ class UNet(nnx.Module):
     text = None
     if self.text_encoder is not None:
       text = self.text_encoder(y_B)
-      if self.text_pool is not None:   # the mean over BOS..EOS
-        context_BLD, mask_BL = text
-        m = mask_BL[..., None].astype(context_BLD.dtype)
-        pooled = (context_BLD * m).sum(1) / m.sum(1)
+      if self.text_pool is not None:
+        pooled = (self.text_pooler(*text) if self.text_pooler is not None
+                  else mean_pool(*text))
         temb = temb + self.text_pool(pooled)
     if self.class_emb is not None:
       if y_B is None:
@@ -327,7 +334,8 @@ def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
               text_layers=model_cfg.text_layers if text else 0,
               text_heads=model_cfg.text_heads if text else 1,
               text_max_len=model_cfg.text_max_len if text else 0,
-              text_pooled=bool(model_cfg.get('text_pooled', False)) and text,
+              text_pool=model_cfg.get('text_pool', '') if text else '',
+              text_conv=model_cfg.get('text_conv', 0) if text else 0,
               cross_attn_levels=attention_levels(
                   image_size, model_cfg.ch_mult,
                   model_cfg.cross_attn_resolutions, patch_size) if text else (),

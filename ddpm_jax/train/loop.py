@@ -113,8 +113,9 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
           progress, preempt: Preemption, source) -> dict:
   t_cfg = config.training
   train_step = step_lib.make_train_step(setup, mesh)
-  grid = (_ReconstructionGrid(setup, source, mesh) if config.task == 'autoencoder'
-          else _SampleGrid(setup, mesh))
+  grid = (None if not t_cfg.num_sample_images
+          else _ReconstructionGrid(setup, source, mesh)
+          if config.task == 'autoencoder' else _SampleGrid(setup, mesh))
   writer = MetricsWriter(workdir, is_main)
   start = int(jax.device_get(state.step))
   t0 = t_log = time.time()
@@ -164,7 +165,8 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
         print(f'\nSIGTERM: saved a checkpoint at step {done}; run the same '
               'command to resume', flush=True)
       break
-    if (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last:
+    if grid is not None and (
+        (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last):
       x, nrow = grid(state, done)
       if is_main:
         images_lib.save_grid(x, os.path.join(workdir, 'samples',
