@@ -9,19 +9,25 @@ Run:
   python sample.py --workdir workdirs/mnist_text --prompt "un siete" --prompt "a handwritten three" --num 16 --out text.png
 
 configs/mnist_latent.py with prompts instead of labels: the class embedding
-goes; a 2-layer pre-LN text encoder (width 64, 4 heads, 48 byte tokens)
-comes; every block at 8×8 and 4×4 and the middle one is a transformer block
-that cross-attends to the prompt, and the prompt's mean is added to the time
-embedding. Captions: prefix × body × suffix templates, about 300 per digit
-in both languages (captions.TRAIN); the held-out templates
-(captions.HELD_OUT) are for measuring. Prompt dropout 0.1; guidance 3.
+goes; a byte-token text encoder comes (a width-5 byte convolution, then one
+pre-LN transformer layer: width 64, 4 heads, 48 tokens); every block at 4×4
+and the middle one is a transformer block that cross-attends to the prompt,
+and an attention-pooled prompt vector is added to the time embedding.
+Captions: prefix × body × suffix templates, about 300 per digit in both
+languages (captions.TRAIN); the held-out templates (captions.HELD_OUT) are
+for measuring. Prompt dropout 0.1; guidance 3.
+
+Measured (README, "Text prompts (MNIST)"; 2-core Intel Xeon with AVX-512,
+2026-11-22): the command above, on one core (taskset -c 0), 4,000 steps in
+1,152 s; then 500 samples per row from held-out templates at w=3: 100.0% of
+English prompts and 95.8% of Spanish ones drawn as the digit they name
+(LeNet judge; chance 10%), LeNet FD 60.7 / 53.9.
 
 Latent, not pixel (configs/mnist_text_pixel.py), because it reached prompt
-accuracy sooner: both trained side by side on a 2-core Intel Xeon with
-AVX-512 for 875 s of wall-clock (one core each), then 200 held-out prompts
-at w=3 (English / Spanish): latent 1,529 steps 43.5% / 16.5%, pixel 750
-steps 24.5% / 12.5% (chance 10%). README, "Text prompts (MNIST)", has the
-full run.
+accuracy sooner (with the earlier 2-layer, mean-pooled encoder and
+cross-attention at 8×8 too): both trained side by side for 875 s of
+wall-clock (one core each), then 200 held-out prompts at w=3 (English /
+Spanish): latent 1,529 steps 43.5% / 16.5%, pixel 750 steps 24.5% / 12.5%.
 """
 
 import os
