@@ -47,7 +47,8 @@ TINY = os.path.join(REPO, 'configs', 'tiny.py')
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   wd = tmp_path_factory.mktemp('trained')
-  r = _run('train.py', f'--config={TINY}', f'--workdir={wd}')
+  r = _run('train.py', f'--config={TINY}', f'--workdir={wd}',
+           '--config.training.num_sample_images=4')
   assert r.returncode == 0, r.stderr
   assert os.path.isfile(wd / 'samples' / 'step_0000006.png')
   assert sorted(os.listdir(wd / 'checkpoints')) == ['3', '6']

@@ -61,7 +61,8 @@ def _one_process_losses(num_steps):
 def test_two_processes_equal_one_process(tmp_path):
   two = tmp_path / 'two'
   procs = _start_two(two, '--config.training.num_steps=4',
-                     '--config.training.checkpoint_every=2')
+                     '--config.training.checkpoint_every=2',
+                     '--config.training.num_sample_images=4')
   outs = [p.communicate(timeout=400) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]

@@ -116,7 +116,7 @@ def test_non_finite_batch_stop_and_skip(tiny_config, tmp_path, monkeypatch):
   assert sorted(int(s) for s in os.listdir(tmp_path / 'stop' / 'checkpoints')) == [2, 4]
   tiny_config.training.nan_policy = 'skip'
   tiny_config.training.max_skipped_steps = 1
-  tiny_config.training.num_sample_images = 0   # and no sample grid
+  assert tiny_config.training.num_sample_images == 0   # tiny.py: no sample grid
   summary = loop.train(tiny_config, str(tmp_path / 'skip'), progress=False)
   assert summary['step'] == 8 and summary['skipped_steps'] == 1
   assert np.isfinite(summary['final_loss'])
