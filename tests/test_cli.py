@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import FOUR_DEVICES_ENV, REPO
 
 
-def _run(script, *args, cwd=None):
+def _run(script, *args, cwd=None, env=None):
   return subprocess.run([sys.executable, os.path.join(REPO, script), *args],
                         capture_output=True, text=True, cwd=cwd or REPO,
-                        timeout=300)
+                        timeout=300, env=env)
 
 
 def _snapshot(root):
@@ -68,7 +68,8 @@ def trained(tmp_path_factory):
 ])
 def test_train_rejects_bad_config(args, needles, tmp_path):
   wd = tmp_path / 'wd'
-  r = _run('train.py', f'--config={TINY}', f'--workdir={wd}', *args)
+  r = _run('train.py', f'--config={TINY}', f'--workdir={wd}', *args,
+           env=FOUR_DEVICES_ENV)   # the divisibility check needs 4
   _assert_one_line_error(r, *needles)
   assert not wd.exists()
 
