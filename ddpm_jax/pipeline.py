@@ -445,7 +445,8 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
                   gif: bool = False, npy: bool = False,
                   labels: Sequence[int] | None = None,
                   init_image: str | None = None, mask: str | None = None,
-                  progress: bool = True, **sample_kwargs) -> list[str]:
+                  progress: bool = True, overwrite: bool = False,
+                  **sample_kwargs) -> list[str]:
   """Samples `num` images into the PNG grid `out` (a class-conditional
   model: `labels` default to every class in turn and `guidance_scale` to the
   config's, as in the training grid; 0 gives unconditional samples; a text
@@ -454,13 +455,16 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   samples in [-1, 1] into <stem>.npy; with `gif`, the reverse process into
   <stem>.gif. Every check runs before sampling; every file is written to a
   temporary name first and renamed over its target only when all succeeded,
-  so a failed run replaces nothing. Returns the written paths."""
+  so a failed run replaces nothing; an existing file is replaced only with
+  `overwrite`. Returns the written paths."""
   if not out.lower().endswith('.png'):
     raise UserError(f'--out must end in .png, got {out}')
   stem = os.path.splitext(out)[0]
   paths = [out] + ([stem + '.npy'] if npy else []) + ([stem + '.gif'] if gif else [])
   for p in paths:
     _check_writable(p)
+    if os.path.exists(p) and not overwrite:
+      raise UserError(f'{p} exists; pass --overwrite to replace it')
   if not os.path.isdir(workdir):
     raise UserError(f'workdir {workdir} does not exist')
   pipe = open_pipeline(workdir, checkpoint)

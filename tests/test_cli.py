@@ -131,13 +131,14 @@ def test_sample_on_corrupt_checkpoint_keeps_existing_output(trained, tmp_path):
           fh.truncate(os.path.getsize(p) // 2)
   out = tmp_path / 'old.png'
   out.write_bytes(b'previous result')
-  r = _run('sample.py', f'--workdir={wd}', f'--out={out}')
+  r = _run('sample.py', f'--workdir={wd}', f'--out={out}', '--overwrite')
   _assert_one_line_error(r, 'checkpoint 6', 'unreadable')
   assert out.read_bytes() == b'previous result'
   # A checkpoint whose saved config disagrees with its arrays.
   meta = wd / 'checkpoints' / '3' / 'meta' / 'metadata'
   meta.write_text(meta.read_text().replace('"ch": 8', '"ch": 16'))
-  r = _run('sample.py', f'--workdir={wd}', '--checkpoint=3', f'--out={out}')
+  r = _run('sample.py', f'--workdir={wd}', '--checkpoint=3', f'--out={out}',
+           '--overwrite')
   _assert_one_line_error(r, 'checkpoint 3', 'does not match the model')
   assert out.read_bytes() == b'previous result'
 
@@ -237,10 +238,13 @@ def test_sample_bad_inputs_are_one_line_before_sampling(trained, tmp_path):
       ([f'--out={tmp_path / "adir.png"}'], 'is a directory'),
       (['--out=/proc/out.png'], 'output directory /proc is not writable'),  # even as root
   ]
-  for args, needle in cases:
-    r = _run('sample.py', f'--workdir={trained}', '--num=2', f'--out={keep}', *args)
+  for args, needle in cases:   # --overwrite: each error still replaces nothing
+    r = _run('sample.py', f'--workdir={trained}', '--num=2', f'--out={keep}',
+             '--overwrite', *args)
     _assert_one_line_error(r, needle)
     assert r.returncode == 2
+  r = _run('sample.py', f'--workdir={trained}', '--num=2', f'--out={keep}')
+  _assert_one_line_error(r, 'exists; pass --overwrite to replace it')
   assert keep.read_bytes() == b'previous'
 
 

@@ -200,6 +200,11 @@ def test_sample_command_draws_every_class_at_the_config_guidance(cond_config, tm
                            num=num, progress=False, sampler='ddim', num_steps=3)
   assert seen[0] == (20, [i // 2 for i in range(20)], 1.5)   # rows of 2 per class
   assert seen[1] == (7, list(range(7)), 1.5)
+  before = (tmp_path / '7.png').read_bytes()   # an existing grid: replaced
+  pipeline.write_samples(str(tmp_path / 'wd'), str(tmp_path / '7.png'), num=7,
+                         seed=1, progress=False, sampler='ddim', num_steps=3,
+                         overwrite=True)        # only when told
+  assert (tmp_path / '7.png').read_bytes() != before
 
 
 def test_sigma_samplers_compose_with_guidance_img2img_and_inpainting(cond_config):

@@ -33,6 +33,8 @@ _BATCH = flags.DEFINE_integer('batch', None, 'Images per sampling call '
                               '(default: by model size, at most 256).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed; same seed, same images.')
 _OUT = flags.DEFINE_string('out', 'samples.png', 'PNG grid path.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --out (and its '
+                                '.npy, .gif) if it exists.')
 _NPY = flags.DEFINE_bool('npy', False, 'Also write the raw samples as <stem>.npy.')
 _GIF = flags.DEFINE_bool('gif', False, 'Also write an animation of the reverse '
                          'process as <stem>.gif.')
@@ -120,7 +122,8 @@ def main() -> None:
       negative_prompt=_NEGATIVE.value, init_image=_INIT.value, mask=_MASK.value,
       sampler=_SAMPLER.value, num_steps=_STEPS.value,
       guidance_scale=_GUIDANCE.value, strength=_STRENGTH.value,
-      outpaint=_margins(), jumps=_JUMPS.value, batch_size=_BATCH.value, **options)
+      outpaint=_margins(), jumps=_JUMPS.value, batch_size=_BATCH.value,
+      overwrite=_OVERWRITE.value, **options)
   print('wrote ' + ', '.join(paths))
 
 
