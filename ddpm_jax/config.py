@@ -350,9 +350,10 @@ def _validate_text(config) -> None:
                       'positive and text_max_len at least 3')
   if m.text_conv < 0:
     raise ConfigError(f'model.text_conv must be >= 0, got {m.text_conv}')
-  if m.text_pool not in ('', 'mean', 'attention'):
-    raise ConfigError(f"model.text_pool must be 'attention', 'mean' or '', "
-                      f'got {m.text_pool!r}')
+  from ddpm_jax.models.text import POOLS  # flax: load on use
+  if m.text_pool not in POOLS:
+    raise ConfigError(f'model.text_pool must be one of {POOLS}, got '
+                      f'{m.text_pool!r}')
   if not m.cross_attn_resolutions:
     raise ConfigError('a text model needs model.cross_attn_resolutions: the '
                       'resolutions where the UNet reads the prompt')

@@ -91,11 +91,11 @@ def test_the_text_path_is_differentiable_and_the_loss_falls(text_config):
   assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
   # gradients reached the text encoder (its embeddings, byte convolution and
   # positions moved) and the attention pooling
-  before, after = init['text_encoder'], state.params['text_encoder']
-  before['pooler'], after['pooler'] = init['text_pooler'], state.params['text_pooler']
-  for name in ('embed', 'conv', 'pos', 'pooler'):
-    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
-                         before[name], after[name])
+  parts = {name: (init['text_encoder'][name], state.params['text_encoder'][name])
+           for name in ('embed', 'conv', 'pos')}
+  parts['pooler'] = (init['text_pooler'], state.params['text_pooler'])
+  for name, (before, after) in parts.items():
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), before, after)
     assert min(jax.tree.leaves(moved)) > 0, name
 
 

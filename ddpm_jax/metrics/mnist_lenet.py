@@ -2,8 +2,9 @@
 
 Features are the penultimate layer of a small LeNet-like
 classifier trained on the embedded MNIST-5k with a held-out part (100 images
-per class) left out; its weights ship with the package (`SHIPPED`). The held-out images are the reference set, and their two
-halves give the real-vs-real floor.
+per class) left out; its weights ship with the package (`SHIPPED`). The
+held-out images are the reference set, and their two halves give the
+real-vs-real floor.
 """
 
 from __future__ import annotations

@@ -104,6 +104,9 @@ class TextEncoder(nnx.Module):
     return self.norm(x), mask_BL
 
 
+POOLS = ('attention', 'mean', '')   # UNet(text_pool=...): '' adds no vector
+
+
 def mean_pool(context_BLD: jax.Array, mask_BL: jax.Array) -> jax.Array:
   """The mean of the encoder's output over BOS..EOS: [B, L, D] -> [B, D]."""
   m = mask_BL[..., None].astype(context_BLD.dtype)

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ddpm_jax.models.text import (AttentionPool, TextEncoder, TransformerBlock,
-                                  mean_pool)
+from ddpm_jax.models.text import (POOLS, AttentionPool, TextEncoder,
+                                  TransformerBlock, mean_pool)
 
 _default_init = nnx.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 _zero_init = nnx.initializers.zeros_init()
@@ -168,8 +168,9 @@ class UNet(nnx.Module):
   is a `TransformerBlock` with cross-attention over the text instead of
   self-attention alone. `text_pool` also adds one vector for the whole
   prompt to the time embedding (as Imagen and SDXL do): 'attention' (a
-  learned query attends over the prompt), 'mean' (its mean) or '' (none). With `text_dim` 0 the parameter tree is the
-  unconditional (or class) UNet's, unchanged.
+  learned query attends over the prompt), 'mean' (its mean) or '' (none).
+  With `text_dim` 0 the parameter tree is the unconditional (or class)
+  UNet's, unchanged.
   """
 
   def __init__(self, *, in_channels: int, ch: int,
@@ -199,9 +200,8 @@ class UNet(nnx.Module):
                                      text_max_len, dt, conv=text_conv,
                                      rngs=rngs)
                          if text_dim else None)
-    if text_pool not in ('', 'mean', 'attention'):
-      raise ValueError(f"text_pool must be '', 'mean' or 'attention', got "
-                       f'{text_pool!r}')
+    if text_pool not in POOLS:
+      raise ValueError(f'text_pool must be one of {POOLS}, got {text_pool!r}')
     self.text_pooler = (AttentionPool(text_dim, text_heads, dt, rngs=rngs)
                         if text_dim and text_pool == 'attention' else None)
     self.text_pool = (nnx.Linear(text_dim, temb_dim, kernel_init=_default_init,

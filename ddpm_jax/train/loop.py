@@ -194,7 +194,6 @@ class _SampleGrid:
         apply, config_lib.sampler_from_config(config),
         (n,) + config_lib.unet_input_shape(config), mesh,
         null_label=config.data.num_classes, codec=codec)
-    n = config.training.num_sample_images
     self.y = grid_condition(config, n)           # fixed: built once
     self.y_null = config_lib.null_condition(config, n)
 
