@@ -9,10 +9,10 @@ Images are padded from 28×28 to 32×32 so that f = 4 gives an 8×8×4 latent
 latent scale (1 / std of the latents) is stored in every checkpoint.
 The grid shows rows of training images, each above its reconstruction.
 
-Measured (README, "Latent diffusion (MNIST)"; 2-core Intel Xeon with
-AVX-512): 600 steps in 251 s (fresh clone, nothing else running);
-`evaluate` on the 1,000 held-out images: PSNR 26.7 dB, rFD 3.42, latent
-scale 0.431.
+Measured on a 2-core Intel Xeon with AVX-512, 2026-11-21
+(docs/results/latent.md): 600 steps in 251 s (fresh clone, nothing else
+running); `evaluate` on the 1,000 held-out images: PSNR 26.7 dB, rFD 3.42,
+latent scale 0.431.
 """
 
 from ddpm_jax.config import base_config

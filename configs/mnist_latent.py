@@ -13,12 +13,13 @@ does not clip its x0 prediction. ch 32, mult (1, 2), 2 blocks (1,004,868
 params): at 8×8 a step costs about what the pixel default's does. The checkpoint holds a copy of the
 autoencoder: sampling needs only this workdir.
 
-Measured (README, "Latent diffusion (MNIST)"; 2-core Intel Xeon with
-AVX-512): this config trained for 180 s of wall-clock (1,875 steps) gave
-LeNet FD 15.6 (pixel default in the same time: 20.6), confident share 0.961,
-97.6% in the requested class, and 3.52 s per call of 256 images at
-DPM++(2M) 20 steps (pixel default: 12.27 s). The full 1,800-step run took
-173 s in a fresh clone.
+Measured on a 2-core Intel Xeon with AVX-512, 2026-11-21
+(docs/results/latent.md): trained for 180 s of wall-clock
+(`python -m experiments.recipes --budget 180 --recipes pixel_default,latent_default`;
+1,875 steps), LeNet FD 15.6 (pixel default in the same time: 20.6),
+confident share 0.961, 97.6% in the requested class, and 3.52 s per call of
+256 images at DPM++(2M) 20 steps (pixel default: 12.27 s). The full
+1,800-step run took 173 s in a fresh clone.
 """
 
 import os

@@ -17,17 +17,14 @@ Captions: prefix × body × suffix templates, about 300 per digit in both
 languages (captions.TRAIN); the held-out templates (captions.HELD_OUT) are
 for measuring. Prompt dropout 0.1; guidance 3.
 
-Measured (README, "Text prompts (MNIST)"; 2-core Intel Xeon with AVX-512,
-2026-11-22): the command above, on one core (taskset -c 0), 4,000 steps in
-1,152 s; then 500 samples per row from held-out templates at w=3: 100.0% of
-English prompts and 95.8% of Spanish ones drawn as the digit they name
-(LeNet judge; chance 10%), LeNet FD 60.7 / 53.9.
-
-Latent, not pixel (configs/mnist_text_pixel.py), because it reached prompt
-accuracy sooner (with the earlier 2-layer, mean-pooled encoder and
-cross-attention at 8×8 too): both trained side by side for 875 s of
-wall-clock (one core each), then 200 held-out prompts at w=3 (English /
-Spanish): latent 1,529 steps 43.5% / 16.5%, pixel 750 steps 24.5% / 12.5%.
+Measured on a 2-core Intel Xeon with AVX-512, 2026-11-22
+(docs/results/text.md): the training command above on one core
+(taskset -c 0), 4,000 steps in 1,152 s; then `python -m experiments.prompts
+--workdir workdirs/mnist_text --num 500 --scales 1,3,5 --out FILE`: at w=3,
+100.0% of English prompts and 95.8% of Spanish ones from held-out templates
+drawn as the digit they name (LeNet judge; chance 10%), LeNet FD 60.7 / 53.9.
+The same page compares the encoder's options and the pixel variant
+(configs/mnist_text_pixel.py).
 """
 
 import os

@@ -4,10 +4,12 @@ Run:
   python train.py --config configs/mnist_uncond.py --workdir workdirs/mnist_uncond
 
 The same UNet, v-prediction and sampler as the default, unconditional.
-Measured in the README's recipe table only ("small_v": 654 steps in 150 s,
-FD 55.8, confident share 0.564, entropy 3.25 bits): at equal wall-clock time
-the labels and guidance of the default are what make its digits legible. Its
-own 800-step run has not been evaluated.
+Measured only in the recipe comparison (docs/results/quality.md, recipe
+"small_v"; 2-core Intel Xeon with AVX-512, 2026-11-21; `python -m
+experiments.recipes --budget 150 --recipes small_v`): 654 steps in 150 s,
+LeNet FD 55.8, confident share 0.564, entropy 3.25 bits. At equal wall-clock
+time the labels and guidance of the default are what make its digits
+legible. Its own 800-step run has not been evaluated.
 """
 
 import os

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddpm_jax import tokenizer
-
-LANGUAGES = ('en', 'es')
+from ddpm_jax.options import LANGUAGES
 
 # class -> language -> synonyms as (article, word)
 _DIGITS = {

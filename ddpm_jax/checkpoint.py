@@ -40,13 +40,23 @@ class Checkpointer:
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointError(f'no checkpoint found in {workdir} (no '
                             f'{self.directory} directory)')
+    # A reader never saves, so it needs no Orbax read_only mode, which logs
+    # two warnings on every open; it only must not create or delete anything.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
+        max_to_keep=None if read_only else keep, create=not read_only,
+        cleanup_tmp_directories=False,
         enable_async_checkpointing=not read_only)
+    self.read_only = read_only
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.PyTreeCheckpointHandler(),
                        'meta': ocp.JsonCheckpointHandler()})
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -56,6 +66,8 @@ class Checkpointer:
 
   def save(self, step: int, state: dict[str, Any], meta: dict) -> None:
     """Starts an asynchronous save of `state` (a dict of arrays) and `meta`."""
+    if self.read_only:
+      raise RuntimeError('a Checkpointer opened read_only cannot save')
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(state),

@@ -1,19 +1,18 @@
-"""The base config every file in configs/ overrides, its validation, and
-every `*_from_config` factory (betas, schedule, model, sampler)."""
+"""The config schema (`base_config`, which every file in configs/ overrides),
+its validation, what a resumed run must keep, and `model_kind`: the one
+description of what a config trains. What turns a config into models and
+functions lives in builders.py."""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 from typing import Any
 
 import ml_collections
-import numpy as np
 
-from ddpm_jax import diffusion
-from ddpm_jax import samplers as samplers_lib
+from ddpm_jax import options
 from ddpm_jax.errors import UserError
-from ddpm_jax.schedules import BETA_SCHEDULES, Schedule, get_betas, make_schedule
 
 
 class ConfigError(UserError):
@@ -140,43 +139,60 @@ def _plain(d: dict) -> dict:
 
 def model_signature(config) -> dict:
   """The parts of a config that fix the parameter tree and its meaning."""
-  sig = {'task': config.get('task', 'diffusion'),
+  kind = model_kind(config)
+  sig = {'task': kind.task,
          'image_size': config.data.image_size,
          'channels': config.data.channels}
-  if sig['task'] == 'autoencoder':
+  if kind.autoencoder:
     sig['autoencoder'] = _plain(config.autoencoder.to_dict())
     sig['autoencoder'].pop('scale_images', None)
     return sig
   sig['model'] = {k: v for k, v in _plain(config.model.to_dict()).items()
                   if k != 'dropout'}
   sig['num_classes'] = config.data.num_classes
-  if is_latent(config):
+  if kind.latent:
     sig['latent_autoencoder'] = config.latent.fingerprint
   return sig
 
 
-def is_latent(config) -> bool:
-  """A diffusion model in an autoencoder's latent space?"""
-  return config.get('task', 'diffusion') == 'diffusion' and bool(
-      config.get('latent', {}).get('autoencoder_workdir'))
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+  """What a config trains: the UNet over pixels or over an autoencoder's
+  latents, conditioned on classes, text or nothing; or the autoencoder."""
+  task: str        # options.TASKS
+  space: str       # 'pixel' or 'latent' (an autoencoder: 'pixel')
+  condition: str   # 'class', 'text' or 'none' (an autoencoder: 'none')
+
+  @property
+  def autoencoder(self) -> bool:
+    return self.task == 'autoencoder'
+
+  @property
+  def latent(self) -> bool:
+    return self.space == 'latent'
+
+  @property
+  def text(self) -> bool:
+    return self.condition == 'text'
+
+  @property
+  def classes(self) -> bool:
+    return self.condition == 'class'
+
+  @property
+  def conditional(self) -> bool:
+    return self.condition != 'none'
 
 
-def is_text(config) -> bool:
-  """A diffusion model conditioned on text prompts?"""
-  return config.get('task', 'diffusion') == 'diffusion' and bool(
-      config.model.get('text_conditional', False))
-
-
-def null_condition(config, n: int) -> np.ndarray | None:
-  """What the unconditional branch of guidance gets for n images: the null
-  label, a text model's empty prompt (tokens [n, L]), or None."""
-  if is_text(config):
-    from ddpm_jax import tokenizer
-    return np.repeat(tokenizer.tokenize('', config.model.text_max_len)[None],
-                     n, axis=0)
-  if config.model.class_conditional:
-    return np.full((n,), config.data.num_classes, np.int32)
-  return None
+def model_kind(config) -> ModelKind:
+  """The ModelKind of a config; every caller asks this, nothing re-derives it."""
+  if config.get('task', 'diffusion') == 'autoencoder':
+    return ModelKind('autoencoder', 'pixel', 'none')
+  space = 'latent' if config.get('latent', {}).get('autoencoder_workdir') else 'pixel'
+  m = config.model
+  condition = ('text' if m.get('text_conditional', False) else
+               'class' if m.get('class_conditional', False) else 'none')
+  return ModelKind('diffusion', space, condition)
 
 
 def autoencoder_factor(ae_cfg) -> int:
@@ -188,7 +204,7 @@ def unet_input_shape(config) -> tuple[int, int, int]:
   """(H, W, C) the UNet denoises: the image's, or for a latent model the
   latent's (of the `autoencoder` section)."""
   d = config.data
-  if is_latent(config):
+  if model_kind(config).latent:
     ae = config.autoencoder
     size = d.image_size // autoencoder_factor(ae)
     return (size, size, int(ae.z_channels))
@@ -226,6 +242,11 @@ def _non_finite(d: dict, prefix: str = '') -> tuple[str, float] | None:
   return None
 
 
+def _choice(field: str, value: Any, allowed: tuple) -> None:
+  if value not in allowed:
+    raise ConfigError(f'{field}={value!r} is not one of {list(allowed)}')
+
+
 def validate(config, num_devices: int = 1) -> None:
   """Raises ConfigError with one line naming the first problem found."""
   bad = _non_finite(config.to_dict())
@@ -233,11 +254,10 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError(f'{bad[0]} is {bad[1]}; every number in a config must '
                       'be finite')
   t, m, d = config.training, config.model, config.data
-  if d.resize not in ('bilinear', 'pad'):
-    raise ConfigError(f"data.resize must be 'bilinear' or 'pad', got {d.resize!r}")
-  if config.task not in ('diffusion', 'autoencoder'):
-    raise ConfigError(f"task must be 'diffusion' or 'autoencoder', got {config.task!r}")
-  if config.task == 'autoencoder' or is_latent(config):
+  _choice('data.resize', d.resize, options.RESIZE_MODES)
+  _choice('task', config.task, options.TASKS)
+  kind = model_kind(config)
+  if kind.autoencoder or kind.latent:
     _validate_autoencoder(config.autoencoder, d)
   if t.batch_size <= 0:
     raise ConfigError(f'training.batch_size must be positive, got {t.batch_size}')
@@ -257,41 +277,35 @@ def validate(config, num_devices: int = 1) -> None:
   if t.learning_rate <= 0 or t.warmup_steps < 0 or t.grad_clip <= 0:
     raise ConfigError('training.learning_rate and grad_clip must be positive, '
                       'warmup_steps non-negative')
-  if t.lr_decay not in ('none', 'cosine'):
-    raise ConfigError(f"training.lr_decay must be 'none' or 'cosine', got {t.lr_decay!r}")
-  if config.task == 'diffusion':
+  _choice('training.lr_decay', t.lr_decay, options.LR_DECAYS)
+  if not kind.autoencoder:
     _validate_unet(config)
-  if config.diffusion.schedule not in BETA_SCHEDULES:
-    raise ConfigError(f'diffusion.schedule={config.diffusion.schedule!r} is not '
-                      f'one of {sorted(BETA_SCHEDULES)}')
+  _choice('diffusion.schedule', config.diffusion.schedule, options.SCHEDULES)
   if config.diffusion.num_timesteps <= 1:
     raise ConfigError('diffusion.num_timesteps must be at least 2')
   if not 0 < config.diffusion.beta_start < config.diffusion.beta_end < 1:
     raise ConfigError('diffusion betas need 0 < beta_start < beta_end < 1')
-  if config.diffusion.prediction not in diffusion.PREDICTIONS:
-    raise ConfigError(f'diffusion.prediction={config.diffusion.prediction!r} is '
-                      f'not one of {list(diffusion.PREDICTIONS)}')
-  if config.diffusion.loss_weighting not in diffusion.LOSS_WEIGHTINGS:
-    raise ConfigError(f'diffusion.loss_weighting={config.diffusion.loss_weighting!r}'
-                      f' is not one of {list(diffusion.LOSS_WEIGHTINGS)}')
+  _choice('diffusion.prediction', config.diffusion.prediction, options.PREDICTIONS)
+  _choice('diffusion.loss_weighting', config.diffusion.loss_weighting,
+          options.LOSS_WEIGHTINGS)
   if not config.diffusion.min_snr_gamma > 0:
     raise ConfigError('diffusion.min_snr_gamma must be positive, got '
                       f'{config.diffusion.min_snr_gamma}')
-  if d.channels not in (1, 3):
-    raise ConfigError(f'data.channels must be 1 or 3, got {d.channels}')
+  _choice('data.channels', d.channels, options.CHANNELS)
   if m.class_conditional and d.num_classes <= 0:
     raise ConfigError('model.class_conditional needs data.num_classes > 0')
-  if config.task == 'diffusion' and m.text_conditional:
+  if kind.text:
     _validate_text(config)
-  if t.nan_policy not in ('stop', 'skip') or t.max_skipped_steps < 0:
-    raise ConfigError("training.nan_policy must be 'stop' or 'skip' and "
-                      'training.max_skipped_steps non-negative')
+  _choice('training.nan_policy', t.nan_policy, options.NAN_POLICIES)
+  if t.max_skipped_steps < 0:
+    raise ConfigError('training.max_skipped_steps must be >= 0, got '
+                      f'{t.max_skipped_steps}')
   if not 0.0 <= t.label_dropout <= 1.0:
     raise ConfigError('training.label_dropout must be in [0, 1]')
   s = config.sampling
-  if s.var_type not in ('fixedlarge', 'fixedsmall'):
-    raise ConfigError(f"sampling.var_type must be 'fixedlarge' or 'fixedsmall', "
-                      f'got {s.var_type!r}')
+  _choice('sampling.var_type', s.var_type, options.VAR_TYPES)
+  _choice('sampling.sampler', s.sampler, options.SAMPLERS)
+  _choice('sampling.spacing', s.spacing, options.SPACINGS)
   if not 0 <= s.num_steps <= config.diffusion.num_timesteps:
     raise ConfigError(f'sampling.num_steps={s.num_steps} must be in '
                       f'[0, {config.diffusion.num_timesteps}] (0 means all)')
@@ -304,9 +318,7 @@ def _validate_unet(config) -> None:
   if m.ch <= 0 or m.num_res_blocks <= 0 or not m.ch_mult:
     raise ConfigError('model.ch, model.num_res_blocks and model.ch_mult must be '
                       'positive and non-empty')
-  if m.dtype not in ('float32', 'bfloat16', 'float16'):
-    raise ConfigError(f"model.dtype must be 'float32', 'bfloat16' or 'float16', "
-                      f'got {m.dtype!r}')
+  _choice('model.dtype', m.dtype, options.DTYPES)
   if m.patch_size < 1:
     raise ConfigError(f'model.patch_size must be >= 1, got {m.patch_size}')
   from ddpm_jax.models.unet import downsample_factor  # flax: load on use
@@ -338,9 +350,7 @@ def _validate_text(config) -> None:
   if m.class_conditional:
     raise ConfigError('model.text_conditional and model.class_conditional '
                       'exclude each other: the prompt names the class')
-  if d.captions not in captions.CAPTION_SETS:
-    raise ConfigError(f'data.captions={d.captions!r} is not one of '
-                      f'{list(captions.CAPTION_SETS)}')
+  _choice('data.captions', d.captions, captions.CAPTION_SETS)
   if d.num_classes != captions.num_classes(d.captions):
     raise ConfigError(f'data.captions={d.captions!r} has '
                       f'{captions.num_classes(d.captions)} classes, the data '
@@ -350,10 +360,7 @@ def _validate_text(config) -> None:
                       'positive and text_max_len at least 3')
   if m.text_conv < 0:
     raise ConfigError(f'model.text_conv must be >= 0, got {m.text_conv}')
-  from ddpm_jax.models.text import POOLS  # flax: load on use
-  if m.text_pool not in POOLS:
-    raise ConfigError(f'model.text_pool must be one of {POOLS}, got '
-                      f'{m.text_pool!r}')
+  _choice('model.text_pool', m.text_pool, options.TEXT_POOLS)
   if not m.cross_attn_resolutions:
     raise ConfigError('a text model needs model.cross_attn_resolutions: the '
                       'resolutions where the UNet reads the prompt')
@@ -385,12 +392,10 @@ def _validate_autoencoder(a, d) -> None:
     if c % a.num_groups:
       raise ConfigError(f'autoencoder.num_groups={a.num_groups} does not divide '
                         f'the channel count {c}')
-  if a.loss not in ('l1', 'l2'):
-    raise ConfigError(f"autoencoder.loss must be 'l1' or 'l2', got {a.loss!r}")
+  _choice('autoencoder.loss', a.loss, options.AUTOENCODER_LOSSES)
   if a.kl_weight < 0 or a.scale_images <= 0:
     raise ConfigError('autoencoder.kl_weight must be >= 0 and scale_images > 0')
-  if a.dtype not in ('float32', 'bfloat16', 'float16'):
-    raise ConfigError(f'autoencoder.dtype {a.dtype!r} is not a float type')
+  _choice('autoencoder.dtype', a.dtype, options.DTYPES)
 
 
 def config_from_dict(d: dict) -> ml_collections.ConfigDict:
@@ -414,7 +419,7 @@ def check_compatible(config, saved, directory: str) -> None:
     diffs = _diff(a, b)
     raise UserError(
         f'the checkpoint in {directory} was made with another model config '
-        f'({"; ".join(diffs[:3])}); use a new --workdir or the same config')
+        f'({"; ".join(diffs[:3])}); use a new workdir or the same config')
   cosine = config.diffusion.schedule == 'cosine' == saved.diffusion.schedule
   for name in RESUME_FIXED:
     if cosine and name.startswith('diffusion.beta_'):
@@ -423,7 +428,7 @@ def check_compatible(config, saved, directory: str) -> None:
     if old != new and not (isinstance(old, (list, tuple)) and list(old) == list(new)):
       raise UserError(
           f'cannot resume in {directory}: {name} is {old!r} in the checkpoint '
-          f'but {new!r} now; use a new --workdir, or the same {name}')
+          f'but {new!r} now; use a new workdir, or the same {name}')
 
 
 def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
@@ -435,85 +440,3 @@ def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
   return [] if a == b else [f'{prefix[:-1]}: checkpoint {a} vs config {b}']
 
 
-def betas_from_config(config) -> np.ndarray:
-  d = config.diffusion
-  if d.schedule == 'cosine':  # defined by ᾱ alone; beta_start/end do not apply
-    return get_betas(d.schedule, d.num_timesteps)
-  return get_betas(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
-
-
-def schedule_from_config(config) -> Schedule:
-  return make_schedule(betas_from_config(config))
-
-
-def eps_apply_from_config(config, apply, schedule: Schedule | None = None):
-  """The network's apply as an ε-predictor, for samplers and bits/dim
-  (`schedule`: the config's, if the caller has built it already)."""
-  if schedule is None:
-    schedule = schedule_from_config(config)
-  return diffusion.eps_apply(apply, schedule, config.diffusion.prediction)
-
-
-def loss_from_config(config, schedule: Schedule | None = None):
-  """loss(out_fn, x0, key) for the config's prediction target and weighting."""
-  if schedule is None:
-    schedule = schedule_from_config(config)
-  d = config.diffusion
-  return diffusion.make_loss(schedule, d.prediction, d.loss_weighting,
-                             d.min_snr_gamma)
-
-
-def model_from_config(config):
-  """The model `config` trains, with fresh parameters (seeded by
-  config.seed): the UNet (over pixels or latents), or the autoencoder."""
-  d = config.data
-  if config.get('task', 'diffusion') == 'autoencoder':
-    from ddpm_jax.models.autoencoder import build_autoencoder
-    return build_autoencoder(config.autoencoder, d.channels, seed=config.seed)
-  from ddpm_jax.models.unet import build_unet
-  size, _, channels = unet_input_shape(config)
-  return build_unet(config.model, size, channels, d.num_classes,
-                    seed=config.seed)
-
-
-_SAMPLER_OPTION_VALUES = {
-    'spacing': ('uniform', 'leading', 'trailing', 'karras'),
-    'var_type': ('fixedlarge', 'fixedsmall'),
-}
-
-
-def sampler_from_config(config, name: str | None = None,
-                        num_steps: int | None = None, **options
-                        ) -> samplers_lib.Sampler:
-  """The sampler named (default: config.sampling.sampler) with the config's
-  step count, variance, clipping and spacing unless given. Every check on a
-  sampler request (name, step range, option names and values) lives here."""
-  s = config.sampling
-  name = name or s.sampler
-  if name not in samplers_lib.SAMPLERS:
-    raise UserError(f'unknown sampler {name!r}; choose one of '
-                    f'{sorted(samplers_lib.SAMPLERS)}')
-  T = config.diffusion.num_timesteps
-  if num_steps is None:
-    num_steps = s.num_steps or T   # the config's 0 means all T steps
-  if not 1 <= num_steps <= T:
-    raise UserError(f'number of steps must be in [1, {T}], got {num_steps}')
-  accepted = {p.name for p in inspect.signature(
-      samplers_lib.SAMPLERS[name]).parameters.values()
-      if p.kind == inspect.Parameter.KEYWORD_ONLY}
-  for key in options:
-    if key not in accepted:
-      raise UserError(f'the {name} sampler has no option {key!r}; it takes '
-                      f'{sorted(accepted)}')
-  defaults = {'var_type': s.var_type, 'clip_x0': s.clip_x0, 'spacing': s.spacing}
-  options = {**{k: v for k, v in defaults.items() if k in accepted}, **options}
-  for key, allowed in _SAMPLER_OPTION_VALUES.items():
-    if key in options and options[key] not in allowed:
-      raise UserError(f'{key} must be one of {list(allowed)}, got {options[key]!r}')
-  if options.get('spacing') == 'karras' and name in ('ddpm', 'ddim'):
-    raise UserError(f"spacing 'karras' is a σ grid: use it with one of "
-                    f"{sorted(samplers_lib.SIGMA_SAMPLERS)}, not {name}")
-  if 'eta' in options and not (math.isfinite(options['eta']) and options['eta'] >= 0):
-    raise UserError(f'eta must be a finite number >= 0, got {options["eta"]}')
-  return samplers_lib.make_sampler(name, betas_from_config(config), num_steps,
-                                   **options)

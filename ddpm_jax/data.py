@@ -132,9 +132,6 @@ class Batches:
     return {'image': images, 'label': labels}
 
 
-RESIZE_MODES = ('bilinear', 'pad')
-
-
 def preprocess(image_BHWC: jax.Array, image_size: int, random_flip: bool,
                key: jax.Array | None, resize: str = 'bilinear') -> jax.Array:
   """uint8 → float32 in [-1, 1] (float input is taken as already scaled),

@@ -10,6 +10,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.options import LOSS_WEIGHTINGS, PREDICTIONS, VAR_TYPES
 from ddpm_jax.schedules import Schedule
 
 # eps_fn(x_BHWC, t_B) -> eps_BHWC: the noise predictor at its parameters.
@@ -61,8 +62,8 @@ def reverse_log_variance(s: Schedule, var_type: str) -> jax.Array:
     return s.log_betas_large
   if var_type == 'fixedsmall':
     return s.posterior_log_variance_clipped
-  raise ValueError(f"unknown variance type {var_type!r}; choose 'fixedlarge' "
-                   "or 'fixedsmall'")
+  raise ValueError(f'unknown variance type {var_type!r}; choose one of '
+                   f'{VAR_TYPES}')
 
 
 def p_mean(s: Schedule, eps: jax.Array, x_t: jax.Array, t_B: jax.Array,
@@ -95,8 +96,6 @@ def l_simple(eps_fn: EpsFn, s: Schedule, x0: jax.Array, key: jax.Array
 # own SNR factor ('min_snr', Hang et al., 2023), which gives every target
 # the same ε-space weight min(SNR, γ)/SNR.
 
-PREDICTIONS = ('eps', 'x0', 'v')
-LOSS_WEIGHTINGS = ('none', 'min_snr')
 
 
 def snr(s: Schedule) -> jax.Array:

@@ -10,7 +10,8 @@
   fingerprint filled in, so that the latent model's checkpoints are
   self-contained;
 - `make_codec`: encode/decode between pixels and scaled latents, for the
-  samplers.
+  samplers; `joint_params` and `unet_apply`: a latent model's parameters
+  {'unet', 'autoencoder'} as one tree, and the UNet's apply on that tree.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.errors import UserError
 from ddpm_jax.models.autoencoder import (AutoencoderFns, build_autoencoder,
                                          make_ae_fns)
-from ddpm_jax.models.unet import split_model
-from ddpm_jax.samplers import Codec
+from ddpm_jax.models.layers import abstract_params
+from ddpm_jax.sampling import Codec
 
 
 def latent_scale(encode, params, source: data_lib.Source, config,
@@ -66,9 +67,8 @@ def fingerprint(params: Any, scale: float) -> str:
 
 
 def abstract_autoencoder(ae_cfg, channels: int) -> tuple[nnx.GraphDef, Any]:
-  model = nnx.eval_shape(lambda: build_autoencoder(ae_cfg, channels))
-  graphdef, state = split_model(model)
-  return graphdef, nnx.to_pure_dict(state)
+  """(graphdef, parameter shapes) of an `autoencoder` config section."""
+  return abstract_params(lambda: build_autoencoder(ae_cfg, channels))
 
 
 def autoencoder_fns(ae_cfg, channels: int) -> AutoencoderFns:
@@ -83,20 +83,18 @@ def restore_autoencoder(workdir: str, step: int, mesh: Mesh
   step < 0: the latest."""
   if not os.path.isdir(workdir):
     raise UserError(f'autoencoder workdir {workdir} does not exist; train it '
-                    'first (python train.py --config configs/mnist_autoencoder.py)')
-  ckpt = Checkpointer(workdir, read_only=True)
-  try:
+                    'first (e.g. configs/mnist_autoencoder.py)')
+  with Checkpointer(workdir, read_only=True) as ckpt:
     step, meta = ckpt.read_meta(None if step < 0 else step)
     cfg = config_lib.config_from_dict(meta['config'])
-    if cfg.task != 'autoencoder':
-      raise UserError(f'{workdir} holds a {cfg.task} model, not an autoencoder')
+    kind = config_lib.model_kind(cfg)
+    if not kind.autoencoder:
+      raise UserError(f'{workdir} holds a {kind.task} model, not an autoencoder')
     if 'latent_scale' not in meta:
       raise UserError(f'the autoencoder checkpoint {step} in {workdir} has no '
                       'latent scale')
     _, abstract = abstract_autoencoder(cfg.autoencoder, cfg.data.channels)
     params = ckpt.restore_params(step, 'ema_params', abstract, mesh)
-  finally:
-    ckpt.close()
   return cfg, params, float(meta['latent_scale']), step
 
 
@@ -134,3 +132,13 @@ def make_codec(config) -> Codec:
   def decode(params, z):
     return jnp.clip(fns.decode(params['autoencoder'], z / scale), -1.0, 1.0)
   return Codec(encode, decode, config_lib.autoencoder_factor(config.autoencoder))
+
+
+def joint_params(unet: Any, autoencoder: Any) -> dict[str, Any]:
+  """A latent model's parameters as the one tree its apply and codec take."""
+  return {'unet': unet, 'autoencoder': autoencoder}
+
+
+def unet_apply(apply):
+  """The UNet's apply(params, ...) as a function of `joint_params`."""
+  return lambda params, *args: apply(params['unet'], *args)

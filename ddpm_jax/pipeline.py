@@ -9,6 +9,12 @@ optimizer is built and the optimizer state is never read. Every mode (plain,
 class-guided, img2img, inpainting) is one jitted `lax.scan`; seeds, labels,
 the guidance scale and the input images are runtime arguments, so changing
 them does not recompile. `write_samples` is what `sample.py` runs.
+
+`guidance_scale` means the same everywhere (`Pipeline.sample`,
+`write_samples`, `evaluate`): None is the config's sampling.guidance_scale
+when a condition (labels, or a text model's prompt) is given, and no
+guidance without one; a number w is ε(∅) + w (ε(c) − ε(∅)), so 1 is the
+plain conditional model (run as one pass) and 0 the unconditional one.
 """
 
 from __future__ import annotations
@@ -21,20 +27,22 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from ddpm_jax import builders
 from ddpm_jax import config as config_lib
 from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
 from ddpm_jax import samplers as samplers_lib
+from ddpm_jax import sampling
 from ddpm_jax import sharding
 from ddpm_jax import tokenizer
 from ddpm_jax.checkpoint import Checkpointer
+from ddpm_jax.config import ModelKind
 from ddpm_jax.errors import UserError
 from ddpm_jax.files import atomic_write_all, probe_writable
-from ddpm_jax.models.unet import downsample_factor, make_apply, split_model
+from ddpm_jax.models.unet import downsample_factor, make_apply
 
 # Top-level activations a default sampling batch may hold (see default_batch).
 _BATCH_BYTES = 2 ** 31
@@ -63,8 +71,12 @@ class Pipeline:
   params: Any
   mesh: Mesh
   step: int
-  codec: samplers_lib.Codec | None = None   # a latent model's autoencoder
+  codec: sampling.Codec | None = None   # a latent model's autoencoder
   _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  @property
+  def kind(self) -> ModelKind:
+    return config_lib.model_kind(self.config)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -73,12 +85,8 @@ class Pipeline:
 
   @property
   def num_classes(self) -> int:
-    m = self.config.model
-    return int(self.config.data.num_classes) if m.class_conditional else 0
-
-  @property
-  def text_conditional(self) -> bool:
-    return config_lib.is_text(self.config)
+    """The number of classes of a class-conditional model, else 0."""
+    return int(self.config.data.num_classes) if self.kind.classes else 0
 
   @property
   def default_batch(self) -> int:
@@ -93,7 +101,7 @@ class Pipeline:
 
   def sampler(self, name: str | None = None, num_steps: int | None = None,
               **options) -> samplers_lib.Sampler:
-    return config_lib.sampler_from_config(self.config, name, num_steps, **options)
+    return builders.sampler_from_config(self.config, name, num_steps, **options)
 
   def _labels(self, labels, num: int) -> np.ndarray | None:
     if labels is None:
@@ -133,8 +141,9 @@ class Pipeline:
     y = np.repeat(self._tokens(prompts, 'the prompt'), num // len(prompts), axis=0)
     if not guided:
       if negative_prompt is not None:
-        raise UserError('a negative prompt needs a guidance scale: it takes '
-                        "the empty prompt's place in classifier-free guidance")
+        raise UserError('a negative prompt needs a guidance scale other than '
+                        "1: it takes the empty prompt's place in "
+                        'classifier-free guidance')
       return y, None
     negative = '' if negative_prompt is None else negative_prompt
     negatives = [negative] if isinstance(negative, str) else list(negative)
@@ -178,39 +187,13 @@ class Pipeline:
     return (h // self.codec.factor, w // self.codec.factor, z)
 
   def _outpaint(self, x: np.ndarray, margins) -> tuple[np.ndarray, np.ndarray]:
-    """(canvas, mask) with `x` [num, H, W, C] placed inside margins (L, T, R,
-    B) of a larger canvas; the mask is 1 on the new border only."""
-    try:
-      left, top, right, bottom = (int(v) for v in margins)
-    except (TypeError, ValueError):
-      raise UserError(f'outpaint takes four integer margins L,T,R,B, got '
-                      f'{margins!r}') from None
-    if min(left, top, right, bottom) < 0:
-      raise UserError(f'outpaint margins must be non-negative, got '
-                      f'{left},{top},{right},{bottom}')
-    if left + top + right + bottom == 0:
-      raise UserError('outpaint margins are all 0: there is nothing to generate')
-    n, h, w, c = x.shape
-    H, W = h + top + bottom, w + left + right
-    m = self.config.model
+    """(canvas, mask) of `sampling.outpaint_canvas` at this model's factor."""
     f = self._factor()
-    if H % f or W % f:
-      H2, W2 = _nearest_multiple(H, h, f), _nearest_multiple(W, w, f)
-      top2, bottom2 = _add_margin(top, bottom, H2 - H)
-      left2, right2 = _add_margin(left, right, W2 - W)
-      why = (f'cannot be halved {len(m.ch_mult) - 1} times by this UNet'
-             if self.codec is None else
-             f'does not fit this latent model (f={self.codec.factor} times '
-             f'the UNet\'s {f // self.codec.factor})')
-      raise UserError(
-          f'the outpainted canvas {H}x{W} {why} (its sides must be multiples '
-          f'of {f}); the nearest size that works is {H2}x{W2}, e.g. outpaint '
-          f'{left2},{top2},{right2},{bottom2}')
-    canvas = np.zeros((n, H, W, c), np.float32)
-    canvas[:, top:top + h, left:left + w] = x
-    mask = np.ones((n, H, W, c), np.float32)
-    mask[:, top:top + h, left:left + w] = 0.0
-    return canvas, mask
+    why = (f'cannot be halved {len(self.config.model.ch_mult) - 1} times by '
+           'this UNet' if self.codec is None else
+           f'does not fit this latent model (f={self.codec.factor} times the '
+           f"UNet's {f // self.codec.factor})")
+    return sampling.outpaint_canvas(x, margins, f, why)
 
   def request(self, num: int = 16, seed: int = 0, *, sampler: str | None = None,
               num_steps: int | None = None,
@@ -228,32 +211,37 @@ class Pipeline:
       raise UserError(f'number of images must be positive, got {num}')
     if batch_size is not None and batch_size <= 0:
       raise UserError(f'batch size must be positive, got {batch_size}')
+    kind = self.kind
     if labels is not None and prompt is not None:
       raise UserError('use labels or a prompt, not both')
-    if (prompt is not None or negative_prompt is not None
-        ) and not self.text_conditional:
+    if (prompt is not None or negative_prompt is not None) and not kind.text:
       raise UserError('prompts need a text-conditioned model '
                       '(model.text_conditional); this one is ' +
-                      ('class-conditional: give labels' if self.num_classes
+                      ('class-conditional: give labels' if kind.classes
                        else 'unconditional'))
+    if labels is not None and kind.text:
+      raise UserError('this model takes prompts, not labels')
+    conditioned = labels is not None or prompt is not None
     if guidance_scale is not None:
-      if not (self.num_classes or self.text_conditional):
+      if not kind.conditional:
         raise UserError('a guidance scale needs a class- or text-conditioned '
                         'model; this one is unconditional')
+      if not conditioned:
+        raise UserError('a guidance scale needs ' +
+                        ('a prompt' if kind.text else 'labels'))
       if not math.isfinite(guidance_scale):
         raise UserError(f'the guidance scale must be a finite number, got '
                         f'{guidance_scale}')
+    elif conditioned:
+      guidance_scale = float(self.config.sampling.guidance_scale)
+    # w = 1 is the conditional model itself: one pass instead of two.
+    guided = guidance_scale is not None and guidance_scale != 1.0
     y_null = None
-    if self.text_conditional:
-      if labels is not None:
-        raise UserError('this model takes prompts, not labels')
-      y, y_null = self._prompts(prompt, negative_prompt, num,
-                                guidance_scale is not None)
+    if kind.text:
+      y, y_null = self._prompts(prompt, negative_prompt, num, guided)
     else:
       y = self._labels(labels, num)
-      if guidance_scale is not None and y is None:
-        raise UserError('a guidance scale needs labels')
-      if y is None and self.num_classes:
+      if y is None and kind.classes:
         y = np.full((num,), self.num_classes, np.int32)   # the null label
     if strength is not None and not 0.0 <= strength <= 1.0:  # NaN fails too
       raise UserError(f'strength must be in [0, 1], got {strength}')
@@ -268,14 +256,10 @@ class Pipeline:
       raise UserError('an init image needs a strength (img2img), a mask '
                       '(inpainting) or outpaint margins')
     name = sampler or self.config.sampling.sampler
-    if jumps < 0 or (jumps and mask is None and outpaint is None):
-      raise UserError('jumps (RePaint resampling) is a non-negative count and '
-                      'needs a mask or outpaint margins')
-    if jumps and capture_every:
-      raise UserError('jumps and frame capture cannot be combined')
-    if jumps and name not in ('ddpm', 'ddim'):
-      raise UserError('jumps (RePaint) needs the ddpm or ddim sampler, not '
-                      f'{name}')
+    problem = sampling.repaint_problem(
+        name, jumps, mask is not None or outpaint is not None, capture_every)
+    if problem:
+      raise UserError(problem)
     smp = self.sampler(name, num_steps, **sampler_options)  # checks the options
     x_init = None if init_image is None else self._image(
         init_image, num, 'the init image', any_size=outpaint is not None)
@@ -291,7 +275,7 @@ class Pipeline:
                ('capture_every', capture_every), ('strength', strength),
                ('jumps', jumps))
     return SampleRequest(num, seed, fn_args, y, y_null,
-                         None if guidance_scale is None else float(guidance_scale),
+                         float(guidance_scale) if guided else None,
                          x_init, m, batch)
 
   def _sample_fn(self, fn_args: tuple, batch: int) -> Callable:
@@ -299,7 +283,7 @@ class Pipeline:
     if key not in self._cache:
       a = dict(fn_args)
       smp = self.sampler(a['sampler'], a['num_steps'], **dict(a['options']))
-      self._cache[key] = samplers_lib.make_sample_fn(
+      self._cache[key] = sampling.make_sample_fn(
           self.apply, smp, (batch,) + tuple(a['shape']), self.mesh,
           a['capture_every'], null_label=self.num_classes,
           strength=a['strength'], jumps=a['jumps'], codec=self.codec,
@@ -340,10 +324,12 @@ class Pipeline:
     a text model takes prompt= (a string, or a list: prompt i fills the
     i-th block of num/len images) and negative_prompt= (one, or one per
     prompt; it replaces the empty prompt in guidance); guidance_scale: the
-    classifier-free guidance weight w (0: unconditional, 1: conditional). init_image ([H, W, C] or [num, H, W, C] in [-1, 1])
+    classifier-free guidance weight w (None: the config's when labels or a
+    prompt are given; 0: unconditional, 1: conditional).
+    init_image ([H, W, C] or [num, H, W, C] in [-1, 1])
     with `strength` is img2img (SDEdit); with `mask` (1 = regenerate) it is
-    inpainting, with `jumps` RePaint resamplings of every 10-step block (ddpm,
-    ddim); with `outpaint=(L, T, R, B)` it is outpainting: the image (of any
+    inpainting, with `jumps` RePaint resamplings of every 10-step block (the
+    samplers of options.REPAINT_SAMPLERS); with `outpaint=(L, T, R, B)` it is outpainting: the image (of any
     size) is placed on a canvas larger by those margins and only the border
     is generated, so the images come out at the canvas size. A latent model
     takes the same arguments: the scan runs on latents and is decoded; with
@@ -357,35 +343,16 @@ class Pipeline:
   def restore(self, workdir: str, use_ema: bool = True) -> None:
     """Restores this pipeline's step from `workdir`: one parameter tree only
     (a latent model: and the autoencoder copied into its checkpoint)."""
-    graphdef, abstract = abstract_params(self.config)
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-      params = ckpt.restore_params(
-          self.step, 'ema_params' if use_ema else 'params', abstract, self.mesh)
+    _, abstract = builders.abstract_model(self.config)
+    which = 'ema_params' if use_ema else 'params'
+    with Checkpointer(workdir, read_only=True) as ckpt:
+      params = ckpt.restore_params(self.step, which, abstract, self.mesh)
       if self.codec is not None:
         _, ae_abstract = latent_lib.abstract_autoencoder(
             self.config.autoencoder, self.config.data.channels)
-        params = {'unet': params, 'autoencoder': ckpt.restore_params(
-            self.step, 'autoencoder', ae_abstract, self.mesh)}
-      self.params = params
-    finally:
-      ckpt.close()
-
-
-def _nearest_multiple(side: int, inner: int, f: int) -> int:
-  """The multiple of f nearest to `side` (ties: the larger), not below
-  `inner`, and above it if `side` is (a margin asked for stays)."""
-  down, up = side // f * f, -(-side // f) * f
-  fits = down > inner if side > inner else down >= inner
-  return down if fits and side - down < up - side else up
-
-
-def _add_margin(first: int, second: int, d: int) -> tuple[int, int]:
-  """Margins (first, second) changed by d in all, neither below 0."""
-  second += d
-  if second < 0:
-    first, second = first + second, 0
-  return first, second
+        params = latent_lib.joint_params(params, ckpt.restore_params(
+            self.step, 'autoencoder', ae_abstract, self.mesh))
+    self.params = params
 
 
 def _pad_to(a: np.ndarray, n: int) -> np.ndarray:
@@ -395,20 +362,10 @@ def _pad_to(a: np.ndarray, n: int) -> np.ndarray:
   return np.concatenate([a, np.repeat(a[:1], n - len(a), axis=0)])
 
 
-def abstract_params(config) -> tuple[nnx.GraphDef, Any]:
-  """The model's graphdef and parameter shapes, with no array allocated."""
-  model = nnx.eval_shape(lambda: config_lib.model_from_config(config))
-  graphdef, state = split_model(model)
-  return graphdef, nnx.to_pure_dict(state)
-
-
 def read_config(workdir: str, step: int | None = None):
   """(step, the config) of a checkpoint (default: the latest)."""
-  ckpt = Checkpointer(workdir, read_only=True)
-  try:
+  with Checkpointer(workdir, read_only=True) as ckpt:
     step, meta = ckpt.read_meta(step)
-  finally:
-    ckpt.close()
   return step, config_lib.config_from_dict(meta['config'])
 
 
@@ -417,16 +374,16 @@ def open_pipeline(workdir: str, step: int | None = None,
   """A Pipeline with the checkpoint's config and no parameters yet: every
   request can be checked before the (slow) restore."""
   step, config = read_config(workdir, step)
-  if config.task != 'diffusion':
+  kind = config_lib.model_kind(config)
+  if kind.autoencoder:
     raise UserError(f'{workdir} holds an autoencoder, which does not sample: '
                     'train a latent model on it (configs/mnist_latent.py)')
-  graphdef, _ = abstract_params(config)
-  apply = config_lib.eps_apply_from_config(config, make_apply(graphdef))
+  graphdef, _ = builders.abstract_model(config)
+  apply = builders.eps_apply_from_config(config, make_apply(graphdef))
   codec = None
-  if config_lib.is_latent(config):
+  if kind.latent:
     codec = latent_lib.make_codec(config)
-    unet_apply = apply
-    apply = lambda params, *args: unet_apply(params['unet'], *args)
+    apply = latent_lib.unet_apply(apply)
   return Pipeline(config, apply, None, mesh or sharding.make_mesh(),
                   step, codec)
 
@@ -448,23 +405,23 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
                   progress: bool = True, overwrite: bool = False,
                   **sample_kwargs) -> list[str]:
   """Samples `num` images into the PNG grid `out` (a class-conditional
-  model: `labels` default to every class in turn and `guidance_scale` to the
-  config's, as in the training grid; 0 gives unconditional samples; a text
-  model: `prompt=` one or a list, one grid row each, at the config's
-  guidance scale unless told; no prompt: unconditional); with `npy`, the raw
-  samples in [-1, 1] into <stem>.npy; with `gif`, the reverse process into
-  <stem>.gif. Every check runs before sampling; every file is written to a
-  temporary name first and renamed over its target only when all succeeded,
-  so a failed run replaces nothing; an existing file is replaced only with
-  `overwrite`. Returns the written paths."""
+  model: `labels` default to every class in turn, as in the training grid; a
+  text model: `prompt=` one or a list, one grid row each; no prompt:
+  unconditional; `guidance_scale` as in `Pipeline.sample`); with `npy`, the
+  raw samples in [-1, 1] into <stem>.npy; with `gif`, the reverse process
+  into <stem>.gif; `init_image` and `mask` are image files. Every check runs
+  before sampling; the output's folder is created if missing; every file is
+  written to a temporary name first and renamed over its target only when
+  all succeeded, so a failed run replaces nothing; an existing file is
+  replaced only with `overwrite=True`. Returns the written paths."""
   if not out.lower().endswith('.png'):
-    raise UserError(f'--out must end in .png, got {out}')
+    raise UserError(f'the output file must end in .png, got {out}')
   stem = os.path.splitext(out)[0]
   paths = [out] + ([stem + '.npy'] if npy else []) + ([stem + '.gif'] if gif else [])
   for p in paths:
     _check_writable(p)
     if os.path.exists(p) and not overwrite:
-      raise UserError(f'{p} exists; pass --overwrite to replace it')
+      raise UserError(f'{p} exists; pass overwrite=True to replace it')
   if not os.path.isdir(workdir):
     raise UserError(f'workdir {workdir} does not exist')
   pipe = open_pipeline(workdir, checkpoint)
@@ -472,23 +429,21 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   if labels is not None and len(labels) > 1 and num % len(labels) == 0:
     nrow = num // len(labels)  # one row per requested label
   prompt = sample_kwargs.get('prompt')
-  if pipe.text_conditional and prompt is not None:
+  if pipe.kind.text and prompt is not None:
     if not isinstance(prompt, str) and len(prompt) > 1 and num % len(prompt) == 0:
       nrow = num // len(prompt)  # one row per prompt
-  if pipe.num_classes and prompt is None:  # as the training grid: every class
+  if pipe.kind.classes and labels is None:  # as the training grid: every class
     k = pipe.num_classes
-    if labels is None and num % k == 0:
+    if num % k == 0:
       labels, nrow = [i * k // num for i in range(num)], num // k  # row r: class r
-    elif labels is None:
+    else:
       labels = [i % k for i in range(num)]
-  conditioned = pipe.num_classes or (pipe.text_conditional and prompt is not None)
-  if conditioned and sample_kwargs.get('guidance_scale') is None:
-    sample_kwargs['guidance_scale'] = pipe.config.sampling.guidance_scale
   c = pipe.config.data.channels
-  x_init = images_lib.read_image(init_image, c, '--init-image') if init_image else None
+  x_init = (images_lib.read_image(init_image, c, 'the init image')
+            if init_image else None)
   m = None
   if mask:
-    m = (images_lib.read_image(mask, 1, '--mask') > 0.0).astype(np.float32)
+    m = (images_lib.read_image(mask, 1, 'the mask') > 0.0).astype(np.float32)
     m = np.broadcast_to(m, m.shape[:2] + (c,))
   capture = 0
   if gif:  # about 50 frames
@@ -504,16 +459,22 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
     writers.append(lambda f: np.save(f, x))
   if gif:
     writers.append(lambda f: images_lib.write_gif(frames, f, nrow=nrow))
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   atomic_write_all(paths, writers)
   return paths
 
 
 def _check_writable(path: str) -> None:
+  """An output file's folder, or the nearest existing folder above it (the
+  rest is created at write time), must be a writable directory."""
   if os.path.isdir(path):
     raise UserError(f'{path} is a directory, not an output file')
   d = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(d):
+    d = os.path.dirname(d)
   if not os.path.isdir(d):
-    raise UserError(f'output directory {d} does not exist')
+    raise UserError(f'cannot create the output folder for {path}: {d} is not '
+                    'a directory')
   try:
     probe_writable(d)
   except OSError as e:

@@ -1,9 +1,11 @@
-"""Reverse-process samplers: pure functions run as one `lax.scan`.
+"""The sampler algorithms: update rules and step grids, run as one `lax.scan`.
 
 A factory fixes everything static at build time (the timestep table, the
 respaced schedule, the variance choice) and returns a `Sampler` whose `step`
 updates the carry from grid index i to i-1. `Sampler.sample` scans that step
-over the grid; there is no Python loop over steps and no Flax.
+over the grid; there is no Python loop over steps and no Flax. `SAMPLERS` is
+the registry (keyed by options.SAMPLERS). What is built around a sampler
+(guidance, img2img, inpainting, latent decoding, jit) is sampling.py.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
 from ddpm_jax import diffusion
+from ddpm_jax import options
 from ddpm_jax.diffusion import EpsFn
 from ddpm_jax.schedules import Schedule, make_schedule, respace_betas, space_timesteps
-from ddpm_jax.xla_options import compiler_options
 
 # step(eps_fn, carry, i, key) -> carry; carry[0] is x at grid index i.
 StepFn = Callable[[EpsFn, Any, jax.Array, jax.Array], Any]
+# after_step(x, i, key) -> x, applied after the step from grid index i.
+AfterStep = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,30 +43,25 @@ class Sampler:
 
   def sample(self, eps_fn: EpsFn, key: jax.Array, x_T: jax.Array, *,
              start: int | None = None, capture_every: int = 0,
-             known_x0: jax.Array | None = None,
-             known_mask: jax.Array | None = None
+             after_step: AfterStep | None = None
              ) -> tuple[jax.Array, jax.Array | None]:
     """Runs steps start, start-1, ..., 0 (start defaults to the last index).
 
     With `capture_every = k > 0` it also returns frames [1 + ceil(n/k), ...]:
     x before the first step and after every k-th step (and the last), without
-    holding every state. With `known_x0` and `known_mask` (1 = regenerate),
-    the known region is replaced after each step by `known_x0` noised to the
-    matching timestep (RePaint-style replacement).
+    holding every state. `after_step(x, i, key)` may change x after the step
+    from index i (inpainting puts the known pixels back there).
     """
     n = self.num_steps if start is None else start + 1
     if n <= 0:
       return x_T, (x_T[None] if capture_every else None)
     indices = jnp.arange(n - 1, -1, -1)
-    s = self.schedule
 
     def body(carry, i):
       inner, frames = carry
       inner = self.step(eps_fn, inner, i, jax.random.fold_in(key, i))
-      if known_x0 is not None:
-        noise = jax.random.normal(jax.random.fold_in(key, i + self.num_steps),
-                                  known_x0.shape, known_x0.dtype)
-        x = replace_known(s, inner[0], known_x0, known_mask, i, noise)
+      if after_step is not None:
+        x = after_step(inner[0], i, jax.random.fold_in(key, i + self.num_steps))
         inner = (x,) + tuple(inner[1:])
       if capture_every:
         done = n - i  # steps taken so far
@@ -83,67 +80,6 @@ class Sampler:
     (inner, frames), _ = jax.lax.scan(body, (self.init_carry(x_T), frames),
                                       indices)
     return inner[0], frames
-
-
-def replace_known(s: Schedule, x: jax.Array, known_x0: jax.Array,
-                  known_mask: jax.Array, i: jax.Array, noise: jax.Array
-                  ) -> jax.Array:
-  """After the step from grid index i: keep x where mask = 1, elsewhere
-  `known_x0` noised to index i-1 (clean after the last step)."""
-  i_prev = jnp.full(known_x0.shape[:1], jnp.maximum(i - 1, 0))
-  known = jnp.where(i > 0, diffusion.q_sample(s, known_x0, i_prev, noise), known_x0)
-  return known_mask * x + (1.0 - known_mask) * known
-
-
-def repaint_schedule(num_steps: int, jumps: int, jump_length: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """(indices, up) of RePaint's resampling (Lugmayr et al., 2022): after each
-  block of `jump_length` denoising steps (but the last block), go back up
-  the block by forward noising and denoise it again, `jumps` times."""
-  ops = []
-  hi = num_steps - 1
-  while hi >= 0:
-    lo = max(hi - jump_length + 1, 0)
-    down = [(i, False) for i in range(hi, lo - 1, -1)]
-    ops += down
-    if lo > 0:
-      for _ in range(jumps):
-        ops += [(i, True) for i in range(lo, hi + 1)] + down
-    hi = lo - 1
-  idx, up = zip(*ops)
-  return np.asarray(idx, np.int32), np.asarray(up, bool)
-
-
-def sample_inpaint_with_jumps(sampler: Sampler, eps_fn: EpsFn, key: jax.Array,
-                              x_T: jax.Array, known_x0: jax.Array,
-                              known_mask: jax.Array, jumps: int,
-                              jump_length: int = 10) -> jax.Array:
-  """Inpainting with RePaint resampling, as one scan over down/up steps.
-  Only for samplers whose carry is x alone (ddpm, ddim)."""
-  if sampler.name == 'dpm++2m':
-    raise ValueError('--jumps needs a single-step sampler (ddpm or ddim), '
-                     'not dpm++2m')
-  idx, up = repaint_schedule(sampler.num_steps, jumps, jump_length)
-  s = sampler.schedule
-
-  def body(x, op):
-    p, i, is_up = op
-    k = jax.random.fold_in(key, p)
-    z = jax.random.normal(k, x.shape, x.dtype)
-
-    def renoise(x):  # q(x_i | x_{i-1}) of the respaced process
-      b = s.betas[i].astype(x.dtype)
-      return jnp.sqrt(1.0 - b) * x + jnp.sqrt(b) * z
-
-    def denoise(x):
-      (x,) = sampler.step(eps_fn, (x,), i, k)
-      noise = jax.random.normal(jax.random.fold_in(k, 1), x.shape, x.dtype)
-      return replace_known(s, x, known_x0, known_mask, i, noise)
-    return jax.lax.cond(is_up, renoise, denoise, x), None
-
-  ops = (jnp.arange(len(idx)), jnp.asarray(idx), jnp.asarray(up))
-  x, _ = jax.lax.scan(body, x_T, ops)
-  return x
 
 
 def _respaced(betas: np.ndarray, num_steps: int, spacing: str
@@ -268,9 +204,6 @@ def dpmpp_2m_sampler(betas: np.ndarray, num_steps: int | None = None, *,
 # stays the VP x at grid index i, so img2img, inpainting and frame capture work
 # as with the other samplers; the step from index 0 goes to σ = 0.
 
-SIGMA_SPACINGS = ('uniform', 'leading', 'trailing', 'karras')
-
-
 def model_sigmas(betas: np.ndarray) -> np.ndarray:
   """σ_t = √((1 - ᾱ_t)/ᾱ_t) of the discrete model, [T] increasing (float64)."""
   ab = np.cumprod(1.0 - np.asarray(betas, np.float64))
@@ -299,8 +232,8 @@ def sigma_grid(betas: np.ndarray, num_steps: int, spacing: str) -> np.ndarray:
   table = model_sigmas(betas)
   if spacing == 'karras':
     return karras_sigmas(table[0], table[-1], num_steps)
-  if spacing not in SIGMA_SPACINGS:
-    raise ValueError(f'unknown spacing {spacing!r}; choose one of {SIGMA_SPACINGS}')
+  if spacing not in options.SPACINGS:
+    raise ValueError(f'unknown spacing {spacing!r}; choose one of {options.SPACINGS}')
   return table[space_timesteps(len(betas), num_steps, spacing)]
 
 
@@ -446,132 +379,12 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     'heun': heun_sampler,
     'dpm2': dpm2_sampler,
 }
-
-# The samplers that take spacing='karras' (a σ grid).
-SIGMA_SAMPLERS = ('dpm++2m', 'euler', 'euler_a', 'heun', 'dpm2')
+assert tuple(SAMPLERS) == options.SAMPLERS
 
 
 def make_sampler(name: str, betas: np.ndarray, num_steps: int | None = None,
                  **kwargs) -> Sampler:
   """Builds the named sampler; the step count fixes its timestep table."""
   if name not in SAMPLERS:
-    raise ValueError(f'unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}')
+    raise ValueError(f'unknown sampler {name!r}; choose one of {options.SAMPLERS}')
   return SAMPLERS[name](betas, num_steps, **kwargs)
-
-
-def guided_eps_fn(apply: Callable, params, y_B: jax.Array | None,
-                  scale: jax.Array | None, y_null: jax.Array | None) -> EpsFn:
-  """ε_θ(x, t, y); with `scale` w: ε(y_null) + w (ε(y) − ε(y_null)), both in
-  one call. y_null is the null label, or a text model's empty (or negative)
-  prompt."""
-  if scale is None:
-    return lambda x, t: apply(params, x, t, y_B)
-
-  def eps_fn(x, t):
-    B = x.shape[0]
-    y2 = jnp.concatenate([y_B, y_null])
-    eps = apply(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]), y2)
-    eps_c, eps_u = eps[:B], eps[B:]
-    return eps_u + scale.astype(eps.dtype) * (eps_c - eps_u)
-  return eps_fn
-
-
-def strength_to_start(strength: float, num_steps: int) -> int:
-  """Grid index img2img starts from: s·n steps are run (-1: none)."""
-  return int(round(strength * num_steps)) - 1
-
-
-class Codec(NamedTuple):
-  """A latent model's way between pixels and the space it denoises:
-  encode(params, x_BHWC) -> z, decode(params, z) -> x_BHWC, and the factor f
-  by which the latent grid is smaller."""
-  encode: Callable
-  decode: Callable
-  factor: int
-
-
-def latent_mask(mask_BHWC: jax.Array, factor: int, channels: int) -> jax.Array:
-  """A pixel mask on the latent grid: a latent cell is regenerated if any
-  pixel of its f×f block is."""
-  B, H, W, C = mask_BHWC.shape
-  m = mask_BHWC.reshape(B, H // factor, factor, W // factor, factor, C).max((2, 4, 5))
-  return jnp.broadcast_to(m[..., None], m.shape + (channels,))
-
-
-def make_sample_fn(apply: Callable, sampler: Sampler,
-                   shape: tuple[int, ...], mesh: Mesh | None = None,
-                   capture_every: int = 0, *, null_label: int = 0,
-                   strength: float | None = None, jumps: int = 0,
-                   codec: Codec | None = None, paste_known: bool = True
-                   ) -> Callable:
-  """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None,
-  y_null=None) -> (x0, frames).
-
-  y: labels, or a text model's prompt tokens [B, L]; with a guidance `scale`
-  the unconditional branch gets `y_null` (labels: `null_label` if not given;
-  a text model must give it: the empty or the negative prompt's tokens).
-
-  x_T is drawn inside from the key. With `strength` (img2img) `x_init` is
-  noised to t = strength·T and denoised from there; with `mask` (1 =
-  regenerate) the known pixels of `x_init` are re-imposed at every step and
-  returned exactly (where the mask is 0).
-
-  With a `codec` (a latent model) `shape` is the latent's: `x_init` is
-  encoded, the mask is taken to the latent grid (`latent_mask`), the scan
-  runs on latents and its result (and frames) are decoded in the same jitted
-  function; `paste_known` then puts the known pixels back after decoding.
-  """
-  batch_spec = None
-  if mesh is not None and shape[0] % mesh.size == 0:
-    batch_spec = NamedSharding(mesh, P('data'))
-  start = None
-  if strength is not None:
-    start = strength_to_start(strength, sampler.num_steps)
-
-  def fn(params, key, y=None, scale=None, x_init=None, mask=None, y_null=None):
-    if scale is not None and y_null is None:
-      if y is None or y.ndim != 1:
-        raise ValueError('guidance on prompts needs y_null: the tokens of the '
-                         'empty or negative prompt')
-      y_null = jnp.full_like(y, null_label)
-    if codec is None:
-      return sample(params, key, y, scale, x_init, mask, y_null)
-    pixels, pixel_mask = x_init, mask
-    if x_init is not None:
-      x_init = codec.encode(params, x_init)
-    if mask is not None:
-      mask = latent_mask(mask, codec.factor, shape[-1])
-    z, frames = sample(params, key, y, scale, x_init, mask, y_null)
-    x = codec.decode(params, z)
-    if frames is not None:
-      frames = jax.lax.map(lambda f: codec.decode(params, f), frames)
-    if pixel_mask is not None and paste_known:
-      x = pixel_mask * x + (1.0 - pixel_mask) * pixels
-    return x, frames
-
-  def sample(params, key, y, scale, x_init, mask, y_null):
-    init_key, loop_key = jax.random.split(key)
-    noise = jax.random.normal(init_key, shape, jnp.float32)
-    if batch_spec is not None:
-      noise = jax.lax.with_sharding_constraint(noise, batch_spec)
-    eps_fn = guided_eps_fn(apply, params, y, scale, y_null)
-    if start is None:
-      x_T = noise
-    elif start < 0:
-      x_T = x_init                       # strength 0: nothing to do
-    elif start == sampler.num_steps - 1 and strength >= 1.0:
-      x_T = noise                        # strength 1: plain generation
-    else:
-      t_B = jnp.full(shape[:1], start)
-      x_T = diffusion.q_sample(sampler.schedule, x_init, t_B, noise)
-    if jumps:
-      x = sample_inpaint_with_jumps(sampler, eps_fn, loop_key, x_T, x_init,
-                                    mask, jumps)
-      return x, None
-    x, frames = sampler.sample(
-        eps_fn, loop_key, x_T, start=start, capture_every=capture_every,
-        known_x0=x_init if mask is not None else None, known_mask=mask)
-    if mask is not None:   # the known pixels come back bit for bit
-      x = mask * x + (1.0 - mask) * x_init
-    return x, frames
-  return jax.jit(fn, compiler_options=compiler_options())

@@ -12,6 +12,8 @@ from typing import Callable, NamedTuple, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import options
+
 
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4,
                  beta_end: float = 0.02) -> np.ndarray:
@@ -46,6 +48,7 @@ BETA_SCHEDULES: dict[str, Callable[..., np.ndarray]] = {
     'cosine': cosine_betas,
     'sigmoid': sigmoid_betas,
 }
+assert tuple(BETA_SCHEDULES) == options.SCHEDULES
 
 
 def get_betas(kind: str, num_timesteps: int, beta_start: float | None = None,
@@ -55,7 +58,7 @@ def get_betas(kind: str, num_timesteps: int, beta_start: float | None = None,
   defined by ᾱ alone and refuses them."""
   if kind not in BETA_SCHEDULES:
     raise ValueError(f'unknown schedule {kind!r}; choose one of '
-                     f'{sorted(BETA_SCHEDULES)}')
+                     f'{options.SCHEDULES}')
   if kind == 'cosine':
     if beta_start is not None or beta_end is not None:
       raise ValueError('the cosine schedule takes no beta_start/beta_end')
@@ -150,8 +153,8 @@ def space_timesteps(num_timesteps: int, num_steps: int,
     ts = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)
                   ).astype(np.int64)[::-1] - 1
   else:
-    raise ValueError(f"unknown timestep spacing {spacing!r}; choose 'uniform', "
-                     "'leading' or 'trailing'")
+    raise ValueError(f'unknown timestep spacing {spacing!r}; choose one of '
+                     f'{options.TIMESTEP_SPACINGS}')
   ts = np.unique(ts)
   assert len(ts) == num_steps, (num_timesteps, num_steps, spacing)
   return ts

@@ -1,9 +1,9 @@
 """The import rules of the package, checked on its source (no import runs).
 
 Layers, lowest first; a module imports only from its own layer or lower:
-  0  errors files xla_options schedules diffusion samplers data images sharding
-     tokenizer captions
-  1  config models/ checkpoint latent
+  0  options errors files xla_options schedules diffusion samplers sampling
+     data images sharding tokenizer captions
+  1  config builders models/ checkpoint latent
   2  train/ pipeline metrics/
   3  cli/
 """
@@ -16,14 +16,15 @@ import pytest
 PKG = pathlib.Path(__file__).resolve().parent.parent / 'ddpm_jax'
 
 LAYERS = {
-    0: {'errors', 'files', 'xla_options', 'schedules', 'diffusion', 'samplers',
-        'data', 'images', 'sharding', 'tokenizer', 'captions'},
-    1: {'config', 'models', 'checkpoint', 'latent'},
+    0: {'options', 'errors', 'files', 'xla_options', 'schedules', 'diffusion',
+        'samplers', 'sampling', 'data', 'images', 'sharding', 'tokenizer',
+        'captions'},
+    1: {'config', 'builders', 'models', 'checkpoint', 'latent'},
     2: {'train', 'pipeline', 'metrics'},
     3: {'cli'},
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
-PURE = {'models', 'schedules', 'diffusion', 'samplers'}  # no state, no I/O
+PURE = {'models', 'schedules', 'diffusion', 'samplers', 'sampling'}  # no state, no I/O
 
 
 def _modules():

@@ -8,7 +8,7 @@ from flax import nnx
 
 from ddpm_jax.models.autoencoder import (Autoencoder, Posterior, make_ae_fns,
                                          make_ae_loss, reconstruction_loss)
-from ddpm_jax.models.unet import split_model
+from ddpm_jax.models.layers import split_params
 
 
 def _tiny(**kw):
@@ -19,13 +19,13 @@ def _tiny(**kw):
 
 
 def test_shapes_follow_f_and_z_channels():
-  g, p = split_model(_tiny())
+  g, p = split_params(_tiny())
   fns = make_ae_fns(g)
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1), minval=-1, maxval=1)
   post = fns.encode(p, x)
   assert post.mean.shape == post.logvar.shape == (2, 8, 8, 4)   # f = 4
   assert fns.decode(p, post.sample(jax.random.key(1))).shape == x.shape
-  g3, p3 = split_model(_tiny(channels=3, ch_mult=(1, 2), z_channels=3))
+  g3, p3 = split_params(_tiny(channels=3, ch_mult=(1, 2), z_channels=3))
   post3 = make_ae_fns(g3).encode(p3, jnp.zeros((1, 16, 16, 3)))
   assert post3.mean.shape == (1, 8, 8, 3)                         # f = 2
 
@@ -51,7 +51,7 @@ def test_posterior_samples_have_its_mean_and_std():
 
 
 def test_loss_is_reconstruction_plus_beta_kl():
-  g, p = split_model(_tiny())
+  g, p = split_params(_tiny())
   fns = make_ae_fns(g)
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1), minval=-1, maxval=1)
   key = jax.random.key(3)

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import builders
 from ddpm_jax import config as config_lib
 from ddpm_jax import diffusion
 
@@ -20,15 +21,15 @@ def test_eps_apply_and_loss_follow_the_prediction_target():
   c = config_lib.base_config()
   c.diffusion.num_timesteps = 10
   raw = lambda params, x, t: x * params
-  assert config_lib.eps_apply_from_config(c, raw) is raw   # ε: unchanged
+  assert builders.eps_apply_from_config(c, raw) is raw   # ε: unchanged
   c.diffusion.prediction = 'v'
-  s = config_lib.schedule_from_config(c)
+  s = builders.schedule_from_config(c)
   x, t = jnp.ones((2, 4, 4, 1)), jnp.array([0, 9])
   np.testing.assert_allclose(
-      config_lib.eps_apply_from_config(c, raw)(0.5, x, t),
+      builders.eps_apply_from_config(c, raw)(0.5, x, t),
       diffusion.eps_from_prediction(s, 'v', x * 0.5, x, t))
   c.diffusion.loss_weighting = 'min_snr'
-  loss = config_lib.loss_from_config(c)
+  loss = builders.loss_from_config(c)
   assert np.isfinite(float(loss(lambda x, t: x, x, __import__('jax').random.key(0))))
 
 
@@ -41,7 +42,7 @@ def test_every_shipped_config_validates():
   for path in paths:
     c = config_lib.load_config_file(path)
     config_lib.validate(c)
-    if config_lib.is_latent(c):   # the UNet sees the declared autoencoder's latent
+    if config_lib.model_kind(c).latent:   # the UNet sees the declared autoencoder's latent
       f = config_lib.autoencoder_factor(c.autoencoder)
       assert config_lib.unet_input_shape(c) == (
           c.data.image_size // f, c.data.image_size // f, c.autoencoder.z_channels)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import diffusion, schedules
+from ddpm_jax import diffusion, options, schedules
 
 S = schedules.make_schedule(schedules.linear_betas())
 
@@ -119,7 +119,7 @@ def _f64_schedule():
   return ab, ab / (1 - ab)
 
 
-@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+@pytest.mark.parametrize('prediction', options.PREDICTIONS)
 def test_each_target_converts_back_to_the_true_noise(prediction):
   """Feeding the exact target of x0-, v- or ε-prediction gives back ε (float64
   formulas: v = √ᾱ ε - √(1-ᾱ) x0)."""
@@ -144,7 +144,7 @@ def test_each_target_converts_back_to_the_true_noise(prediction):
       noise, atol=tol)
 
 
-@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+@pytest.mark.parametrize('prediction', options.PREDICTIONS)
 def test_min_snr_weights_are_the_same_in_eps_space(prediction):
   """min-SNR-γ (Hang et al., 2023): in ε-space every target gets min(SNR, γ)/SNR;
   a target's own squared error is its ε error times 1/SNR (x0), 1 (ε) or

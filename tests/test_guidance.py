@@ -144,7 +144,7 @@ def test_trained_conditional_model_draws_the_requested_class(cond_config):
 
 
 def test_repaint_schedule_and_jumps_keep_known_pixels(tiny_config):
-  from ddpm_jax.samplers import repaint_schedule
+  from ddpm_jax.sampling import repaint_schedule
   idx, up = repaint_schedule(25, jumps=2, jump_length=10)
   down = idx[~up]
   assert list(idx[:10]) == list(range(24, 14, -1)) and not up[:10].any()
@@ -160,7 +160,7 @@ def test_repaint_schedule_and_jumps_keep_known_pixels(tiny_config):
                        mask=mask, jumps=2)
   np.testing.assert_array_equal(jumped[:, :, :4], np.broadcast_to(x, jumped.shape)[:, :, :4])
   assert not np.allclose(jumped, plain)
-  with pytest.raises(UserError, match='needs the ddpm or ddim sampler'):
+  with pytest.raises(UserError, match=r"works with the samplers \['ddpm', 'ddim'\], not dpm\+\+2m"):
     pipe.sample(num=2, sampler='dpm++2m', num_steps=20, init_image=x, mask=mask, jumps=1)
 
 
@@ -192,8 +192,9 @@ def test_sample_command_draws_every_class_at_the_config_guidance(cond_config, tm
   real_request = pipeline.Pipeline.request
 
   def spy(self, num, seed, **kw):
-    seen.append((num, list(kw['labels']), kw.get('guidance_scale')))
-    return real_request(self, num, seed, **kw)
+    req = real_request(self, num, seed, **kw)
+    seen.append((num, list(kw['labels']), req.scale))
+    return req
   monkeypatch.setattr(pipeline.Pipeline, 'request', spy)
   for num in (20, 7):
     pipeline.write_samples(str(tmp_path / 'wd'), str(tmp_path / f'{num}.png'),

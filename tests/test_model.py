@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ddpm_jax import builders
 from ddpm_jax import config as config_lib
-from ddpm_jax.models.unet import (UNet, build_unet, count_params, make_apply,
-                            split_model, timestep_embedding)
+from ddpm_jax.models.layers import count_params, split_params
+from ddpm_jax.models.unet import UNet, build_unet, make_apply, timestep_embedding
 
 
 def _abstract_count(**kw):
   """Parameter count without allocating: shapes only."""
-  state = jax.eval_shape(lambda: split_model(UNet(rngs=nnx.Rngs(0), **kw))[1])
+  state = jax.eval_shape(lambda: split_params(UNet(rngs=nnx.Rngs(0), **kw))[1])
   return count_params(state)
 
 
@@ -24,7 +25,7 @@ def test_cifar10_paper_model_has_35_7m_params():
 
 def test_mnist_default_is_small():
   c = config_lib.base_config()
-  n = count_params(jax.eval_shape(lambda: split_model(build_unet(
+  n = count_params(jax.eval_shape(lambda: split_params(build_unet(
       c.model, c.data.image_size, c.data.channels, c.data.num_classes))[1]))
   assert 1.5e6 < n < 1.7e6, n
 
@@ -38,7 +39,7 @@ def _tiny(**kw):
 
 def test_output_shape_and_dropout_only_with_key():
   m = _tiny(dropout=0.5)
-  g, p = split_model(m)
+  g, p = split_params(m)
   # Break the zero init of the output conv so dropout is visible in the output.
   p = jax.tree.map(lambda x: x + 0.05, p)
   apply = make_apply(g)
@@ -54,7 +55,7 @@ def test_output_shape_and_dropout_only_with_key():
 
 def test_class_embedding_changes_output_and_null_label_is_default():
   m = _tiny(num_classes=3)
-  g, p = split_model(m)
+  g, p = split_params(m)
   p = jax.tree.map(lambda x: x + 0.05, p)
   apply = make_apply(g)
   x = jnp.ones((2, 8, 8, 1))
@@ -92,8 +93,8 @@ def test_shipped_configs_keep_their_parameter_tree(name):
   import os
   c = config_lib.load_config_file(os.path.join(
       os.path.dirname(__file__), '..', 'configs', name + '.py'))
-  params = nnx.to_pure_dict(split_model(nnx.eval_shape(
-      lambda: config_lib.model_from_config(c)))[1])
+  params = nnx.to_pure_dict(split_params(nnx.eval_shape(
+      lambda: builders.model_from_config(c)))[1])
   attn = sorted(f'{part}/{i}' for part in ('down', 'up')
                 for i, pair in params[part].items() if 1 in pair)
   assert (count_params(params), attn) == _SHIPPED[name]
@@ -102,7 +103,7 @@ def test_shipped_configs_keep_their_parameter_tree(name):
 def test_attention_runs_on_a_larger_canvas():
   """A model built for 8×8 with attention at level 1 (4×4) still attends on
   a 12×12 canvas, where level 1 is 6×6."""
-  g, p = split_model(_tiny())
+  g, p = split_params(_tiny())
   p = jax.tree.map(lambda x: x + 0.05, p)
   x = jax.random.normal(jax.random.key(0), (1, 12, 12, 1))
   t = jnp.array([10])
@@ -141,8 +142,8 @@ def test_attention_at_a_missing_resolution_is_rejected():
 def test_bfloat16_compute_keeps_float32_params_and_stays_close():
   kw = dict(in_channels=1, ch=16, ch_mult=(1, 2), num_res_blocks=1,
             attn_levels=(1,), num_groups=4)
-  g32, p32 = split_model(UNet(rngs=nnx.Rngs(0), **kw))
-  g16, p16 = split_model(UNet(rngs=nnx.Rngs(0), dtype='bfloat16', **kw))
+  g32, p32 = split_params(UNet(rngs=nnx.Rngs(0), **kw))
+  g16, p16 = split_params(UNet(rngs=nnx.Rngs(0), dtype='bfloat16', **kw))
   assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype('float32')}
   p = jax.tree.map(lambda x: x + 0.05 * jnp.sign(x + 1e-3), p32)  # non-zero output
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
@@ -192,7 +193,7 @@ def test_patch_size_runs_the_unet_at_lower_resolution():
   c.model.ch_mult = (1, 2)
   c.model.attn_resolutions = (7,)
   config_lib.validate(c)
-  graphdef, params = split_model(config_lib.model_from_config(c))
+  graphdef, params = split_params(builders.model_from_config(c))
   assert params['conv_in']['kernel'].shape == (3, 3, 4, 32)
   assert params['conv_out']['kernel'].shape == (3, 3, 32, 4)
   x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))

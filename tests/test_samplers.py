@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import diffusion, samplers, schedules
+from ddpm_jax import diffusion, options, samplers, schedules
 from ddpm_jax.errors import UserError
-from ddpm_jax.samplers import make_sample_fn
+from ddpm_jax.sampling import make_sample_fn
 from ddpm_jax.sharding import make_mesh
 from ddpm_jax.train.step import init_train_state as init_model_and_state
 
@@ -278,7 +278,7 @@ def test_sigma_samplers_converge_with_their_order_on_a_gaussian():
 def test_sigma_sampler_options_and_bad_inputs(tiny_config):
   from ddpm_jax.config import sampler_from_config
   tiny_config.sampling.num_steps = 5
-  for name in samplers.SIGMA_SAMPLERS:
+  for name in options.SIGMA_SAMPLERS:
     assert sampler_from_config(tiny_config, name, spacing='karras').num_steps == 5
   with pytest.raises(UserError, match="spacing 'karras' is a σ grid"):
     sampler_from_config(tiny_config, 'ddim', spacing='karras')

@@ -59,7 +59,8 @@ def test_padding_tokens_do_not_change_the_output(text_config):
 
 
 def test_cross_attention_sits_at_the_named_levels(text_config):
-  from ddpm_jax.config import load_config_file, model_from_config
+  from ddpm_jax.builders import model_from_config
+  from ddpm_jax.config import load_config_file
   from ddpm_jax.models.unet import AttnBlock, ResBlock
   def blocks(m):   # the block after each ResBlock, and the middle one
     pairs = [(b, a) for b, a in list(m.down) + list(m.up) if isinstance(b, ResBlock)]
@@ -176,7 +177,7 @@ def test_every_sampler_takes_prompts_with_img2img_and_inpainting(
     (dict(labels=[1], prompt='a one'), 'labels or a prompt, not both'),
     (dict(guidance_scale=3.0), 'guidance scale needs a prompt'),
     (dict(negative_prompt='a one'), 'negative prompt needs a prompt'),
-    (dict(prompt='a one', negative_prompt='x'), 'negative prompt needs a guidance scale'),
+    (dict(prompt='a one', negative_prompt='x'), 'negative prompt needs a guidance scale other than 1'),
     (dict(prompt=['a', 'b', 'c']), '3 prompts do not divide 4 images'),
     (dict(prompt=['a', 'b'], negative_prompt=['x', 'y', 'z'], guidance_scale=2.0),
      '3 negative prompts for 2 prompts'),

@@ -66,7 +66,7 @@ def test_sigterm_while_starting_exits_zero(tmp_path):
 def test_short_bfloat16_run_has_no_nans(tiny_config):
   from ddpm_jax import data as data_lib, sharding
   from ddpm_jax.train import step as step_lib
-  from ddpm_jax.samplers import make_sample_fn
+  from ddpm_jax.sampling import make_sample_fn
   from ddpm_jax.samplers import make_sampler
   tiny_config.model.dtype = 'bfloat16'
   setup, state = step_lib.init_train_state(tiny_config)

@@ -1,8 +1,11 @@
-"""What every command shares: flag parsing and the error rule.
+"""What every command shares: flag parsing, `--help`, and the error rule.
 
 A `UserError` (a mistake in the user's input) is one `error:` line on stderr
 and exit status 2; set DDPM_JAX_DEBUG=1 to see its traceback instead.
 Anything else (a bug, a library failure) keeps its traceback and exits 1.
+The library's messages name the Python API's arguments (`init_image`,
+`overwrite=True`); each command passes `spellings` that turn those names
+into its flags (`--init-image`, `--overwrite`).
 """
 
 from __future__ import annotations
@@ -92,9 +95,33 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
   return f'warning: {_one_line(message)}\n'
 
 
-def run(main: Callable[[], object], positional: str | None = None) -> None:
+def spell(message: str, spellings: dict[str, str]) -> str:
+  """`message` with each API argument name of `spellings` replaced by its
+  flag, where it stands as a word of its own (not inside a path)."""
+  for name, flag in spellings.items():
+    message = re.sub(rf'(?<![\w/.-]){re.escape(name)}(?![\w/.-])', flag, message)
+  return message
+
+
+def _help_for(command_module: str) -> None:
+  """`--help` prints the main module's docstring and key flags. When the
+  main module is a shim (train.py, sample.py) the flags live in the command
+  module: make them, and the shared --config, the main module's key flags,
+  and the command's docstring the help text."""
+  main_name = sys.argv[0]
+  for module in {command_module, __name__}:
+    for flag in flags.FLAGS.get_flags_for_module(module):
+      flags.FLAGS.register_key_flag_for_module(main_name, flag)
+  if command_module != '__main__':
+    sys.modules['__main__'].__doc__ = sys.modules[command_module].__doc__
+
+
+def run(main: Callable[[], object], positional: str | None = None,
+        spellings: dict[str, str] | None = None) -> None:
   """Parses flags, then calls `main()` under the error rule. With
-  `positional`, bare arguments are taken as values of that flag."""
+  `positional`, bare arguments are taken as values of that flag; `spellings`
+  maps the library's argument names to this command's flags."""
+  _help_for(main.__module__)
   if positional:
     sys.argv = [sys.argv[0]] + [a if a.startswith('-') else f'--{positional}={a}'
                                 for a in sys.argv[1:]]
@@ -108,7 +135,7 @@ def run(main: Callable[[], object], positional: str | None = None) -> None:
     except UserError as e:
       if os.environ.get(DEBUG_ENV) == '1':
         raise
-      fail(str(e))
+      fail(spell(str(e), spellings or {}))
     except KeyboardInterrupt:
       fail('interrupted', 130)
   app.run(wrapper, flags_parser=parse_flags)

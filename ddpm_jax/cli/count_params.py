@@ -12,13 +12,12 @@ _PATHS = flags.DEFINE_multi_string('path', [], 'Config file (repeatable); '
 
 
 def main(paths: list[str]) -> None:
-  import jax
-  from ddpm_jax.config import load_config_file, model_from_config
-  from flax import nnx
+  from ddpm_jax.builders import abstract_model
+  from ddpm_jax.config import load_config_file
+  from ddpm_jax.models.layers import count_params
   for path in paths:
-    model = nnx.eval_shape(lambda: model_from_config(load_config_file(path)))
-    n = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    print(f'{path}: {n:,} parameters')
+    _, params = abstract_model(load_config_file(path))
+    print(f'{path}: {count_params(params):,} parameters')
 
 
 if __name__ == '__main__':

@@ -11,12 +11,14 @@ import json
 
 from absl import flags
 
+from ddpm_jax import options
 from ddpm_jax.cli import common
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir.', required=True)
 _NUM = flags.DEFINE_integer('num', 1000, 'Number of generated samples.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m', 'euler', 'euler_a', 'heun', 'dpm2'], 'Sampler.')
+_SAMPLER = flags.DEFINE_enum('sampler', None, options.SAMPLERS,
+                             "Sampler (default: the config's).")
 _STEPS = flags.DEFINE_integer('steps', None, "Sampling steps (default: the config's).")
 _BATCH = flags.DEFINE_integer('batch', None, 'Images per sampling call '
                               '(default: by model size, at most 256).')
@@ -24,7 +26,7 @@ _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Step (default: latest).'
 _GUIDANCE = flags.DEFINE_float('guidance-scale', None, 'Class- or text-conditional '
                                'models: guidance weight (labels cycle 0-9; text: '
                                'held-out prompts naming 0-9).')
-_LANGUAGE = flags.DEFINE_enum('language', 'en', ['en', 'es'], 'Text models: the '
+_LANGUAGE = flags.DEFINE_enum('language', 'en', options.LANGUAGES, 'Text models: the '
                               'language of the held-out prompts.')
 _INCEPTION = flags.DEFINE_string('inception_weights', None, 'FID Inception weights '
                                  '(.npz or .pth; see ddpm_jax/metrics/inception.py).')
@@ -49,5 +51,10 @@ def main() -> None:
   print(f'wrote {path}')
 
 
+# The library's argument names, as this command's flags.
+SPELLINGS = {'bpd_images': '--bpd_images', 'num_steps': '--steps',
+             'inception_weights': '--inception_weights', 'batch_size': '--batch',
+             'guidance_scale': '--guidance-scale'}
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(main, spellings=SPELLINGS)

@@ -23,6 +23,7 @@ Uses the EMA weights unless --raw. Same as `python -m ddpm_jax.cli.sample`.
 
 from absl import flags
 
+from ddpm_jax import options
 from ddpm_jax.cli import common
 from ddpm_jax.errors import UserError
 
@@ -32,19 +33,20 @@ _NUM = flags.DEFINE_integer('num', 64, 'Number of images.')
 _BATCH = flags.DEFINE_integer('batch', None, 'Images per sampling call '
                               '(default: by model size, at most 256).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed; same seed, same images.')
-_OUT = flags.DEFINE_string('out', 'samples.png', 'PNG grid path.')
+_OUT = flags.DEFINE_string('out', 'samples.png', 'PNG grid path (its folder '
+                           'is created if missing).')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --out (and its '
                                 '.npy, .gif) if it exists.')
 _NPY = flags.DEFINE_bool('npy', False, 'Also write the raw samples as <stem>.npy.')
 _GIF = flags.DEFINE_bool('gif', False, 'Also write an animation of the reverse '
                          'process as <stem>.gif.')
 _RAW = flags.DEFINE_bool('raw', False, 'Use the raw weights instead of the EMA.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpm++2m', 'euler', 'euler_a', 'heun', 'dpm2'],
+_SAMPLER = flags.DEFINE_enum('sampler', None, options.SAMPLERS,
                              "Sampler (default: the config's).")
 _STEPS = flags.DEFINE_integer('steps', None, "Sampling steps (default: the config's).")
 _ETA = flags.DEFINE_float('eta', None, 'DDIM eta: 0 deterministic, 1 DDPM-like.')
 _CLIP = flags.DEFINE_bool('clip', None, 'Clip the predicted x0 to [-1, 1] (default: on).')
-_SPACING = flags.DEFINE_enum('spacing', None, ['uniform', 'leading', 'trailing', 'karras'],
+_SPACING = flags.DEFINE_enum('spacing', None, options.SPACINGS,
                              'Timestep spacing of a respaced grid; karras: '
                              "Karras et al.'s σ spacing (σ-samplers only).")
 _LABEL = flags.DEFINE_list('label', None, 'Class label(s), e.g. 7 or 0,1,2.')
@@ -65,7 +67,8 @@ _OUTPAINT = flags.DEFINE_list('outpaint', None, 'Outpainting: margins L,T,R,B '
                               'in pixels added around --init-image; only they '
                               'are generated.')
 _JUMPS = flags.DEFINE_integer('jumps', 0, 'Inpainting: RePaint resamplings per '
-                              '10-step block (ddpm or ddim).')
+                              '10-step block (samplers: '
+                              f'{", ".join(options.REPAINT_SAMPLERS)}).')
 
 
 def _labels() -> list[int] | None:
@@ -127,8 +130,16 @@ def main() -> None:
   print('wrote ' + ', '.join(paths))
 
 
+# The library's argument names, as this command's flags.
+SPELLINGS = {'overwrite=True': '--overwrite', 'init_image': '--init-image',
+             'num_steps': '--steps', 'batch_size': '--batch',
+             'guidance_scale': '--guidance-scale', 'jumps': '--jumps',
+             'negative_prompt': '--negative-prompt', 'strength': '--strength',
+             'outpaint': '--outpaint', 'eta': '--eta'}
+
+
 def run() -> None:
-  common.run(main)
+  common.run(main, spellings=SPELLINGS)
 
 
 if __name__ == '__main__':

@@ -44,19 +44,28 @@ def main() -> None:
       'workdirs', os.path.splitext(os.path.basename(common.config_path()))[0])
   summary = loop.train(_CONFIG.value, workdir, sigterm=_SIGTERM)
   if jax.process_index() == 0:
-    status = 'stopped by SIGTERM' if summary['preempted'] else 'done'
-    print(f"{status}: step {summary['step']}, final loss "
-          f"{summary['final_loss']:.4f}, {summary['wall_time_s']:.0f} s; "
-          f"{'reconstructions' if _CONFIG.value.task == 'autoencoder' else 'samples'}"
-          f" in {workdir}/samples")
-    if _CONFIG.value.task == 'autoencoder':
-      print(f'next: python train.py --config configs/mnist_latent.py '
-            f'--config.latent.autoencoder_workdir={workdir}')
-    elif _CONFIG.value.model.get('text_conditional'):
-      print(f'next: python sample.py --workdir {workdir} --prompt "a seven" '
-            '--prompt "un tres" --num 16 --out samples.png')
-    else:
-      print(f'next: python sample.py --workdir {workdir} --out samples.png')
+    print(finish_message(_CONFIG.value, workdir, summary))
+
+
+def finish_message(config, workdir: str, summary: dict) -> str:
+  """What the run did, where its images are, and the command to run next."""
+  from ddpm_jax.config import model_kind
+  kind = model_kind(config)
+  status = 'stopped by SIGTERM' if summary['preempted'] else 'done'
+  lines = [f"{status}: step {summary['step']}, final loss "
+           f"{summary['final_loss']:.4f}, {summary['wall_time_s']:.0f} s"]
+  if config.training.num_sample_images:
+    what = 'reconstructions' if kind.autoencoder else 'samples'
+    lines[0] += f'; {what} in {workdir}/samples'
+  if kind.autoencoder:
+    lines.append('next: python train.py --config configs/mnist_latent.py '
+                 f'--config.latent.autoencoder_workdir={workdir}')
+  elif kind.text:
+    lines.append(f'next: python sample.py --workdir {workdir} --prompt "a seven" '
+                 '--prompt "un tres" --num 16 --out samples.png')
+  else:
+    lines.append(f'next: python sample.py --workdir {workdir} --out samples.png')
+  return '\n'.join(lines)
 
 
 def run() -> None:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import config as config_lib
+from ddpm_jax import builders
 from ddpm_jax import diffusion
 from ddpm_jax.xla_options import compiler_options
 
@@ -21,8 +21,8 @@ def bits_per_dim(apply: Callable, params: Any, config, x0_BHWC: np.ndarray,
   (config.sampling.var_type). Class-conditional models get the null label,
   text models the empty prompt."""
   var_type = config.sampling.var_type
-  schedule = config_lib.schedule_from_config(config)
-  null = config_lib.null_condition(config, 1)
+  schedule = builders.schedule_from_config(config)
+  null = builders.null_condition(config, 1)
 
   @functools.partial(jax.jit, compiler_options=compiler_options())
   def terms_fn(params, x0, key):

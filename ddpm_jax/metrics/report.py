@@ -31,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import captions
+from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
+from ddpm_jax import options
 from ddpm_jax.data import to_uint8
 from ddpm_jax.errors import UserError
 from ddpm_jax.files import atomic_write, probe_writable
@@ -104,35 +106,35 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
              language: str = 'en', progress: bool = True) -> tuple[dict, str]:
   """Returns (the report, the path it was written to)."""
   if num < 2:
-    raise UserError(f'--num must be at least 2, got {num}')
+    raise UserError(f'the number of samples must be at least 2, got {num}')
   if bpd_images < 0:
-    raise UserError(f'--bpd_images must be >= 0, got {bpd_images}')
+    raise UserError(f'bpd_images must be >= 0, got {bpd_images}')
   step, config = read_config(workdir, checkpoint)
-  if config.task == 'autoencoder':
+  if config_lib.model_kind(config).autoencoder:
     return evaluate_autoencoder(workdir, step)
   pipe = open_pipeline(workdir, step)
   d = pipe.config.data
   mnist_like = _mnist_like(d)
   if not mnist_like and not inception_weights:
     raise UserError('the offline FD works on 28x28 MNIST-like models; this one '
-                    f'makes {d.image_size}x{d.image_size}x{d.channels}: pass '
-                    '--inception_weights for the Inception FID')
-  if bpd_images and pipe.codec is not None:
-    raise UserError('--bpd_images needs a pixel model: a latent model has no '
+                    f'makes {d.image_size}x{d.image_size}x{d.channels}: give '
+                    'inception_weights for the Inception FID')
+  if bpd_images and pipe.kind.latent:
+    raise UserError('bpd_images needs a pixel model: a latent model has no '
                     'discrete pixel likelihood')
   if bpd_images and not mnist_like:
-    raise UserError('--bpd_images uses the held-out MNIST images; this model '
+    raise UserError('bpd_images uses the held-out MNIST images; this model '
                     'is not MNIST-like')
   labels = list(np.arange(num) % pipe.num_classes) if pipe.num_classes else None
   prompts = None
-  if pipe.text_conditional:
-    if language not in captions.LANGUAGES:
-      raise UserError(f'language must be one of {list(captions.LANGUAGES)}, '
+  if pipe.kind.text:
+    if language not in options.LANGUAGES:
+      raise UserError(f'language must be one of {list(options.LANGUAGES)}, '
                       f'got {language!r}')
     prompts, _ = captions.held_out_prompts(d.captions, language, num)
-  conditional = pipe.num_classes or pipe.text_conditional
+  conditional = pipe.kind.conditional
   if conditional and guidance_scale is None:
-    guidance_scale = pipe.config.sampling.guidance_scale
+    guidance_scale = pipe.config.sampling.guidance_scale  # for the report
   req = pipe.request(num, seed, sampler=sampler, num_steps=num_steps,
                      labels=labels, prompt=prompts,
                      guidance_scale=guidance_scale, batch_size=batch)

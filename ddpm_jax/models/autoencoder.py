@@ -17,15 +17,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ddpm_jax.models.unet import (AttnBlock, Downsample, GroupNorm, ResBlock,
-                                  Upsample, _default_init)
+from ddpm_jax.models.layers import (AttnBlock, Downsample, GroupNorm, ResBlock,
+                                    Upsample, default_init)
 
 
 class Encoder(nnx.Module):
   def __init__(self, *, in_channels: int, ch: int, ch_mult: Sequence[int],
                num_res_blocks: int, z_channels: int, num_groups: int,
                dtype, rngs: nnx.Rngs):
-    self.conv_in = nnx.Conv(in_channels, ch, (3, 3), kernel_init=_default_init,
+    self.conv_in = nnx.Conv(in_channels, ch, (3, 3), kernel_init=default_init,
                             dtype=dtype, rngs=rngs)
     blocks, cur = [], ch
     for level, mult in enumerate(ch_mult):
@@ -42,9 +42,9 @@ class Encoder(nnx.Module):
     self.norm_out = GroupNorm(cur, num_groups, epsilon=1e-6, dtype=dtype,
                               rngs=rngs)
     self.conv_out = nnx.Conv(cur, 2 * z_channels, (3, 3),
-                             kernel_init=_default_init, dtype=dtype, rngs=rngs)
+                             kernel_init=default_init, dtype=dtype, rngs=rngs)
     self.moments = nnx.Conv(2 * z_channels, 2 * z_channels, (1, 1),
-                            kernel_init=_default_init, dtype=dtype, rngs=rngs)
+                            kernel_init=default_init, dtype=dtype, rngs=rngs)
 
   def __call__(self, x_BHWC):
     h = self.conv_in(x_BHWC)
@@ -61,8 +61,8 @@ class Decoder(nnx.Module):
                dtype, rngs: nnx.Rngs):
     cur = ch * ch_mult[-1]
     self.post = nnx.Conv(z_channels, z_channels, (1, 1),
-                         kernel_init=_default_init, dtype=dtype, rngs=rngs)
-    self.conv_in = nnx.Conv(z_channels, cur, (3, 3), kernel_init=_default_init,
+                         kernel_init=default_init, dtype=dtype, rngs=rngs)
+    self.conv_in = nnx.Conv(z_channels, cur, (3, 3), kernel_init=default_init,
                             dtype=dtype, rngs=rngs)
     self.mid1 = ResBlock(cur, cur, 0, 0.0, num_groups, dtype, rngs=rngs)
     self.mid_attn = AttnBlock(cur, num_groups, dtype, rngs=rngs)
@@ -79,7 +79,7 @@ class Decoder(nnx.Module):
     self.norm_out = GroupNorm(cur, num_groups, epsilon=1e-6, dtype=dtype,
                               rngs=rngs)
     self.conv_out = nnx.Conv(cur, out_channels, (3, 3),
-                             kernel_init=_default_init, dtype=dtype, rngs=rngs)
+                             kernel_init=default_init, dtype=dtype, rngs=rngs)
 
   def __call__(self, z_BhwZ):
     h = self.conv_in(self.post(z_BhwZ))

@@ -9,51 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ddpm_jax import tokenizer
-
-_default_init = nnx.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
-_zero_init = nnx.initializers.zeros_init()
-
-
-class Attention(nnx.Module):
-  """Multi-head attention of queries x [B, Q, C] over a context [B, K, D]
-  (x itself for self-attention); keys where `mask_BK` is False get no
-  weight at all."""
-
-  def __init__(self, dim: int, context_dim: int, heads: int, dtype, *,
-               rngs: nnx.Rngs):
-    self.heads = heads
-    self.q = nnx.Linear(dim, dim, use_bias=False, kernel_init=_default_init,
-                        dtype=dtype, rngs=rngs)
-    self.kv = nnx.Linear(context_dim, 2 * dim, use_bias=False,
-                         kernel_init=_default_init, dtype=dtype, rngs=rngs)
-    self.out = nnx.Linear(dim, dim, kernel_init=_default_init, dtype=dtype,
-                          rngs=rngs)
-
-  def __call__(self, x_BQC, context_BKD, mask_BK=None):
-    B, Q, C = x_BQC.shape
-    n = self.heads
-    q = self.q(x_BQC).reshape(B, Q, n, C // n)
-    k, v = jnp.split(self.kv(context_BKD), 2, axis=-1)
-    k = k.reshape(B, -1, n, C // n)
-    v = v.reshape(B, -1, n, C // n)
-    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k).astype(jnp.float32)
-    logits = logits * (C // n) ** -0.5
-    if mask_BK is not None:
-      logits = jnp.where(mask_BK[:, None, None, :], logits, -1e30)
-    w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    h = jnp.einsum('bhqk,bkhc->bqhc', w, v).reshape(B, Q, C)
-    return self.out(h)
-
-
-class FeedForward(nnx.Module):
-  def __init__(self, dim: int, mult: int, dtype, *, rngs: nnx.Rngs):
-    self.fc1 = nnx.Linear(dim, mult * dim, kernel_init=_default_init,
-                          dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(mult * dim, dim, kernel_init=_default_init,
-                          dtype=dtype, rngs=rngs)
-
-  def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x)))
+from ddpm_jax.models.layers import Attention, FeedForward, default_init, zero_init
 
 
 class EncoderLayer(nnx.Module):
@@ -85,7 +41,7 @@ class TextEncoder(nnx.Module):
                *, conv: int = 0, rngs: nnx.Rngs):
     self.embed = nnx.Embed(tokenizer.VOCAB_SIZE, dim, dtype=dtype, rngs=rngs)
     self.conv = (nnx.Conv(dim, dim, (conv,), padding='SAME',
-                          kernel_init=_default_init, dtype=dtype, rngs=rngs)
+                          kernel_init=default_init, dtype=dtype, rngs=rngs)
                  if conv else None)
     self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
     self.layers = nnx.List([EncoderLayer(dim, heads, dtype, rngs=rngs)
@@ -102,9 +58,6 @@ class TextEncoder(nnx.Module):
     for layer in self.layers:
       x = layer(x, mask_BL)
     return self.norm(x), mask_BL
-
-
-POOLS = ('attention', 'mean', '')   # UNet(text_pool=...): '' adds no vector
 
 
 def mean_pool(context_BLD: jax.Array, mask_BL: jax.Array) -> jax.Array:
@@ -137,7 +90,7 @@ class TransformerBlock(nnx.Module):
   def __init__(self, ch: int, context_dim: int, heads: int, norm, dtype, *,
                rngs: nnx.Rngs):
     self.norm = norm
-    self.proj_in = nnx.Linear(ch, ch, kernel_init=_default_init, dtype=dtype,
+    self.proj_in = nnx.Linear(ch, ch, kernel_init=default_init, dtype=dtype,
                               rngs=rngs)
     self.ln1 = nnx.LayerNorm(ch, dtype=dtype, rngs=rngs)
     self.attn1 = Attention(ch, ch, heads, dtype, rngs=rngs)
@@ -145,7 +98,7 @@ class TransformerBlock(nnx.Module):
     self.attn2 = Attention(ch, context_dim, heads, dtype, rngs=rngs)
     self.ln3 = nnx.LayerNorm(ch, dtype=dtype, rngs=rngs)
     self.ff = FeedForward(ch, 4, dtype, rngs=rngs)
-    self.proj_out = nnx.Linear(ch, ch, kernel_init=_zero_init, dtype=dtype,
+    self.proj_out = nnx.Linear(ch, ch, kernel_init=zero_init, dtype=dtype,
                                rngs=rngs)
 
   def __call__(self, x_BHWC, context_BLD, mask_BL):

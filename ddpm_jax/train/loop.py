@@ -11,13 +11,14 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from ddpm_jax import builders
 from ddpm_jax import captions as captions_lib
 from ddpm_jax import checkpoint as ckpt_lib
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
-from ddpm_jax import samplers as samplers_lib
+from ddpm_jax import sampling
 from ddpm_jax import sharding
 from ddpm_jax import tokenizer
 from ddpm_jax.train import step as step_lib
@@ -40,7 +41,7 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   source = data_lib.load_source(config.data)  # fails before touching the workdir
   mesh = sharding.make_mesh()
   ae_params = None
-  if config_lib.is_latent(config):  # the frozen autoencoder, copied in (or
+  if config_lib.model_kind(config).latent:  # the frozen autoencoder, copied in
     config, ae_params = latent_lib.attach_autoencoder(config, mesh)  # one line)
   prepare_workdir(workdir)
 
@@ -112,10 +113,11 @@ class _StepResults:
 def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
           progress, preempt: Preemption, source) -> dict:
   t_cfg = config.training
+  kind = config_lib.model_kind(config)
   train_step = step_lib.make_train_step(setup, mesh)
   grid = (None if not t_cfg.num_sample_images
           else _ReconstructionGrid(setup, source, mesh)
-          if config.task == 'autoencoder' else _SampleGrid(setup, mesh))
+          if kind.autoencoder else _SampleGrid(setup, mesh))
   writer = MetricsWriter(workdir, is_main)
   start = int(jax.device_get(state.step))
   t0 = t_log = time.time()
@@ -136,7 +138,7 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
   def save(done: int) -> None:
     results.flush()  # a non-finite step must stop before it is saved
     meta = {'config': json.loads(config.to_json())}
-    if config.task == 'autoencoder':  # every autoencoder checkpoint can serve
+    if kind.autoencoder:  # every autoencoder checkpoint can serve
       meta['latent_scale'] = latent_lib.latent_scale(
           setup.ae.encode, state.ema_params, source, config)
     ckpt.save(done, state.to_saveable(), meta)
@@ -186,21 +188,21 @@ class _SampleGrid:
     config = self.config = setup.config
     n = config.training.num_sample_images
     codec, apply = None, setup.eps_apply
-    if config_lib.is_latent(config):
+    self.latent = config_lib.model_kind(config).latent
+    if self.latent:
       codec = latent_lib.make_codec(config)
-      apply = lambda p, *a: setup.eps_apply(p['unet'], *a)
-    self.latent = codec is not None
-    self.fn = samplers_lib.make_sample_fn(
-        apply, config_lib.sampler_from_config(config),
+      apply = latent_lib.unet_apply(setup.eps_apply)
+    self.fn = sampling.make_sample_fn(
+        apply, builders.sampler_from_config(config),
         (n,) + config_lib.unet_input_shape(config), mesh,
         null_label=config.data.num_classes, codec=codec)
     self.y = grid_condition(config, n)           # fixed: built once
-    self.y_null = config_lib.null_condition(config, n)
+    self.y_null = builders.null_condition(config, n)
 
   def __call__(self, state, step: int):
     config = self.config
     key = jax.random.fold_in(jax.random.key(config.seed), step)
-    params = ({'unet': state.ema_params, 'autoencoder': state.autoencoder}
+    params = (latent_lib.joint_params(state.ema_params, state.autoencoder)
               if self.latent else state.ema_params)
     n, nrow = config.training.num_sample_images, None
     if self.y is not None:
@@ -219,12 +221,13 @@ def grid_condition(config, n: int) -> np.ndarray | None:
   labels, or a text model's captions "a seven" / "un siete" in turn."""
   k = config.data.num_classes
   label = np.arange(n, dtype=np.int32) * k // n
-  if config_lib.is_text(config):
+  kind = config_lib.model_kind(config)
+  if kind.text:
     prompts = [captions_lib.captions(config.data.captions, int(c),
                                      captions_lib.LANGUAGES[i % 2])[0]
                for i, c in enumerate(label)]
     return tokenizer.tokenize_all(prompts, config.model.text_max_len)
-  if config.model.class_conditional:
+  if kind.classes:
     return label
   return None
 

@@ -16,12 +16,14 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ddpm_jax import builders
 from ddpm_jax import captions as captions_lib
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax import latent as latent_lib
 from ddpm_jax.models.autoencoder import make_ae_fns, make_ae_loss
-from ddpm_jax.models.unet import make_apply, split_model
+from ddpm_jax.models.layers import count_params, split_params
+from ddpm_jax.models.unet import make_apply
 from ddpm_jax.schedules import Schedule
 from ddpm_jax.xla_options import compiler_options
 
@@ -91,7 +93,8 @@ def init_train_state(config, autoencoder_params: Any = None
                      ) -> tuple[Setup, TrainState]:
   """Builds the model and a fresh train state on the host; a latent model
   gets its (frozen) autoencoder's parameters."""
-  graphdef, params_state = split_model(config_lib.model_from_config(config))
+  kind = config_lib.model_kind(config)
+  graphdef, params_state = split_params(builders.model_from_config(config))
   params = nnx.to_pure_dict(params_state)
   tx = make_optimizer(config.training)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -99,8 +102,8 @@ def init_train_state(config, autoencoder_params: Any = None
                      opt_state=tx.init(params),
                      rng=jax.random.key(config.seed),
                      autoencoder=autoencoder_params)
-  num_params = sum(int(x.size) for x in jax.tree.leaves(params))
-  if config.task == 'autoencoder':
+  num_params = count_params(params)
+  if kind.autoencoder:
     fns = make_ae_fns(graphdef)
     a = config.autoencoder
     ae_loss = make_ae_loss(fns, a.loss, a.kl_weight)
@@ -111,9 +114,9 @@ def init_train_state(config, autoencoder_params: Any = None
     return Setup(config, graphdef, objective, None, None, fns, tx, None,
                  num_params), state
   apply = make_apply(graphdef)
-  schedule = config_lib.schedule_from_config(config)
-  loss_of = config_lib.loss_from_config(config, schedule)
-  to_latent = latent_encoder(config) if config_lib.is_latent(config) else None
+  schedule = builders.schedule_from_config(config)
+  loss_of = builders.loss_from_config(config, schedule)
+  to_latent = latent_encoder(config) if kind.latent else None
 
   def objective(params, ae_params, x, y, key):
     k_drop, k_loss = jax.random.split(key, 4)[:2]
@@ -122,7 +125,7 @@ def init_train_state(config, autoencoder_params: Any = None
     out_fn = lambda x_t, t: apply(params, x_t, t, y, k_drop)
     return loss_of(out_fn, x, k_loss), {}
   return Setup(config, graphdef, objective, apply,
-               config_lib.eps_apply_from_config(config, apply, schedule),
+               builders.eps_apply_from_config(config, apply, schedule),
                None, tx, schedule, num_params), state
 
 
@@ -148,12 +151,12 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   """
   config = setup.config
   t_cfg, d_cfg = config.training, config.data
-  conditional = config.task == 'diffusion' and bool(config.model.class_conditional)
-  text = config_lib.is_text(config)
+  kind = config_lib.model_kind(config)
+  conditional, text = kind.classes, kind.text
   if text:  # every training caption of every class, and the empty prompt
     table = jnp.asarray(captions_lib.caption_table(d_cfg.captions,
                                                    config.model.text_max_len))
-    empty = jnp.asarray(config_lib.null_condition(config, 1))
+    empty = jnp.asarray(builders.null_condition(config, 1))
   objective, tx = setup.objective, setup.tx
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):

@@ -1,0 +1,274 @@
+"""The sampling program built around a sampler: classifier-free guidance,
+img2img (a start part-way down the grid), inpainting with the known pixels
+re-imposed after every step and RePaint resampling, a latent model's
+encode/decode around the scan, and `make_sample_fn`, which puts all of it in
+one jitted function. The update rules themselves are samplers.py.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ddpm_jax import diffusion
+from ddpm_jax import options
+from ddpm_jax.diffusion import EpsFn
+from ddpm_jax.errors import UserError
+from ddpm_jax.samplers import Sampler
+from ddpm_jax.schedules import Schedule
+from ddpm_jax.xla_options import compiler_options
+
+
+def replace_known(s: Schedule, x: jax.Array, known_x0: jax.Array,
+                  known_mask: jax.Array, i: jax.Array, noise: jax.Array
+                  ) -> jax.Array:
+  """After the step from grid index i: keep x where mask = 1, elsewhere
+  `known_x0` noised to index i-1 (clean after the last step)."""
+  i_prev = jnp.full(known_x0.shape[:1], jnp.maximum(i - 1, 0))
+  known = jnp.where(i > 0, diffusion.q_sample(s, known_x0, i_prev, noise), known_x0)
+  return known_mask * x + (1.0 - known_mask) * known
+
+
+def repaint_schedule(num_steps: int, jumps: int, jump_length: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """(indices, up) of RePaint's resampling (Lugmayr et al., 2022): after each
+  block of `jump_length` denoising steps (but the last block), go back up
+  the block by forward noising and denoise it again, `jumps` times."""
+  ops = []
+  hi = num_steps - 1
+  while hi >= 0:
+    lo = max(hi - jump_length + 1, 0)
+    down = [(i, False) for i in range(hi, lo - 1, -1)]
+    ops += down
+    if lo > 0:
+      for _ in range(jumps):
+        ops += [(i, True) for i in range(lo, hi + 1)] + down
+    hi = lo - 1
+  idx, up = zip(*ops)
+  return np.asarray(idx, np.int32), np.asarray(up, bool)
+
+
+def sample_inpaint_with_jumps(sampler: Sampler, eps_fn: EpsFn, key: jax.Array,
+                              x_T: jax.Array, known_x0: jax.Array,
+                              known_mask: jax.Array, jumps: int,
+                              jump_length: int = 10) -> jax.Array:
+  """Inpainting with RePaint resampling, as one scan over down/up steps;
+  for the samplers of options.REPAINT_SAMPLERS (`sampling_problem` says so
+  before anything is built)."""
+  idx, up = repaint_schedule(sampler.num_steps, jumps, jump_length)
+  s = sampler.schedule
+
+  def body(x, op):
+    p, i, is_up = op
+    k = jax.random.fold_in(key, p)
+    z = jax.random.normal(k, x.shape, x.dtype)
+
+    def renoise(x):  # q(x_i | x_{i-1}) of the respaced process
+      b = s.betas[i].astype(x.dtype)
+      return jnp.sqrt(1.0 - b) * x + jnp.sqrt(b) * z
+
+    def denoise(x):
+      (x,) = sampler.step(eps_fn, (x,), i, k)
+      noise = jax.random.normal(jax.random.fold_in(k, 1), x.shape, x.dtype)
+      return replace_known(s, x, known_x0, known_mask, i, noise)
+    return jax.lax.cond(is_up, renoise, denoise, x), None
+
+  ops = (jnp.arange(len(idx)), jnp.asarray(idx), jnp.asarray(up))
+  x, _ = jax.lax.scan(body, x_T, ops)
+  return x
+
+
+def repaint_problem(sampler: str, jumps: int, masked: bool,
+                    capture_every: int) -> str | None:
+  """Why RePaint resampling (`jumps` > 0) cannot run with these arguments,
+  or None: the one statement of its rule."""
+  if jumps < 0:
+    return f'jumps (RePaint resamplings) must be >= 0, got {jumps}'
+  if not jumps:
+    return None
+  if not masked:
+    return 'jumps (RePaint resampling) needs a mask or outpaint margins'
+  if capture_every:
+    return 'jumps (RePaint resampling) and frame capture cannot be combined'
+  if sampler not in options.REPAINT_SAMPLERS:
+    return (f'jumps (RePaint resampling) works with the samplers '
+            f'{list(options.REPAINT_SAMPLERS)}, not {sampler}')
+  return None
+
+
+def guided_eps_fn(apply: Callable, params, y_B: jax.Array | None,
+                  scale: jax.Array | None, y_null: jax.Array | None) -> EpsFn:
+  """ε_θ(x, t, y); with `scale` w: ε(y_null) + w (ε(y) − ε(y_null)), both in
+  one call. y_null is the null label, or a text model's empty (or negative)
+  prompt."""
+  if scale is None:
+    return lambda x, t: apply(params, x, t, y_B)
+
+  def eps_fn(x, t):
+    B = x.shape[0]
+    y2 = jnp.concatenate([y_B, y_null])
+    eps = apply(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]), y2)
+    eps_c, eps_u = eps[:B], eps[B:]
+    return eps_u + scale.astype(eps.dtype) * (eps_c - eps_u)
+  return eps_fn
+
+
+def strength_to_start(strength: float, num_steps: int) -> int:
+  """Grid index img2img starts from: s·n steps are run (-1: none)."""
+  return int(round(strength * num_steps)) - 1
+
+
+class Codec(NamedTuple):
+  """A latent model's way between pixels and the space it denoises:
+  encode(params, x_BHWC) -> z, decode(params, z) -> x_BHWC, and the factor f
+  by which the latent grid is smaller."""
+  encode: Callable
+  decode: Callable
+  factor: int
+
+
+def latent_mask(mask_BHWC: jax.Array, factor: int, channels: int) -> jax.Array:
+  """A pixel mask on the latent grid: a latent cell is regenerated if any
+  pixel of its f×f block is."""
+  B, H, W, C = mask_BHWC.shape
+  m = mask_BHWC.reshape(B, H // factor, factor, W // factor, factor, C).max((2, 4, 5))
+  return jnp.broadcast_to(m[..., None], m.shape + (channels,))
+
+
+def make_sample_fn(apply: Callable, sampler: Sampler,
+                   shape: tuple[int, ...], mesh: Mesh | None = None,
+                   capture_every: int = 0, *, null_label: int = 0,
+                   strength: float | None = None, jumps: int = 0,
+                   codec: Codec | None = None, paste_known: bool = True
+                   ) -> Callable:
+  """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None,
+  y_null=None) -> (x0, frames).
+
+  y: labels, or a text model's prompt tokens [B, L]; with a guidance `scale`
+  the unconditional branch gets `y_null` (labels: `null_label` if not given;
+  a text model must give it: the empty or the negative prompt's tokens).
+
+  x_T is drawn inside from the key. With `strength` (img2img) `x_init` is
+  noised to t = strength·T and denoised from there; with `mask` (1 =
+  regenerate) the known pixels of `x_init` are re-imposed at every step and
+  returned exactly (where the mask is 0).
+
+  With a `codec` (a latent model) `shape` is the latent's: `x_init` is
+  encoded, the mask is taken to the latent grid (`latent_mask`), the scan
+  runs on latents and its result (and frames) are decoded in the same jitted
+  function; `paste_known` then puts the known pixels back after decoding.
+  """
+  batch_spec = None
+  if mesh is not None and shape[0] % mesh.size == 0:
+    batch_spec = NamedSharding(mesh, P('data'))
+  start = None
+  if strength is not None:
+    start = strength_to_start(strength, sampler.num_steps)
+
+  def fn(params, key, y=None, scale=None, x_init=None, mask=None, y_null=None):
+    if scale is not None and y_null is None:
+      if y is None or y.ndim != 1:
+        raise ValueError('guidance on prompts needs y_null: the tokens of the '
+                         'empty or negative prompt')
+      y_null = jnp.full_like(y, null_label)
+    if codec is None:
+      return sample(params, key, y, scale, x_init, mask, y_null)
+    pixels, pixel_mask = x_init, mask
+    if x_init is not None:
+      x_init = codec.encode(params, x_init)
+    if mask is not None:
+      mask = latent_mask(mask, codec.factor, shape[-1])
+    z, frames = sample(params, key, y, scale, x_init, mask, y_null)
+    x = codec.decode(params, z)
+    if frames is not None:
+      frames = jax.lax.map(lambda f: codec.decode(params, f), frames)
+    if pixel_mask is not None and paste_known:
+      x = pixel_mask * x + (1.0 - pixel_mask) * pixels
+    return x, frames
+
+  def sample(params, key, y, scale, x_init, mask, y_null):
+    init_key, loop_key = jax.random.split(key)
+    noise = jax.random.normal(init_key, shape, jnp.float32)
+    if batch_spec is not None:
+      noise = jax.lax.with_sharding_constraint(noise, batch_spec)
+    eps_fn = guided_eps_fn(apply, params, y, scale, y_null)
+    if start is None:
+      x_T = noise
+    elif start < 0:
+      x_T = x_init                       # strength 0: nothing to do
+    elif start == sampler.num_steps - 1 and strength >= 1.0:
+      x_T = noise                        # strength 1: plain generation
+    else:
+      t_B = jnp.full(shape[:1], start)
+      x_T = diffusion.q_sample(sampler.schedule, x_init, t_B, noise)
+    if jumps:
+      x = sample_inpaint_with_jumps(sampler, eps_fn, loop_key, x_T, x_init,
+                                    mask, jumps)
+      return x, None
+    after_step = None
+    if mask is not None:
+      s = sampler.schedule
+      def after_step(x, i, key):
+        noise = jax.random.normal(key, x_init.shape, x_init.dtype)
+        return replace_known(s, x, x_init, mask, i, noise)
+    x, frames = sampler.sample(eps_fn, loop_key, x_T, start=start,
+                               capture_every=capture_every,
+                               after_step=after_step)
+    if mask is not None:   # the known pixels come back bit for bit
+      x = mask * x + (1.0 - mask) * x_init
+    return x, frames
+  return jax.jit(fn, compiler_options=compiler_options())
+
+
+def outpaint_canvas(x: np.ndarray, margins, factor: int, why: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(canvas, mask) with `x` [num, H, W, C] placed inside margins (L, T, R,
+  B) of a larger canvas; the mask is 1 on the new border only. Each side of
+  the canvas must be a multiple of `factor`; if not, the error says `why`
+  and names the nearest size that works."""
+  try:
+    left, top, right, bottom = (int(v) for v in margins)
+  except (TypeError, ValueError):
+    raise UserError(f'outpaint takes four integer margins L,T,R,B, got '
+                    f'{margins!r}') from None
+  if min(left, top, right, bottom) < 0:
+    raise UserError(f'outpaint margins must be non-negative, got '
+                    f'{left},{top},{right},{bottom}')
+  if left + top + right + bottom == 0:
+    raise UserError('outpaint margins are all 0: there is nothing to generate')
+  n, h, w, c = x.shape
+  H, W = h + top + bottom, w + left + right
+  f = factor
+  if H % f or W % f:
+    H2, W2 = _nearest_multiple(H, h, f), _nearest_multiple(W, w, f)
+    top2, bottom2 = _add_margin(top, bottom, H2 - H)
+    left2, right2 = _add_margin(left, right, W2 - W)
+    raise UserError(
+        f'the outpainted canvas {H}x{W} {why} (its sides must be multiples '
+        f'of {f}); the nearest size that works is {H2}x{W2}, e.g. outpaint '
+        f'{left2},{top2},{right2},{bottom2}')
+  canvas = np.zeros((n, H, W, c), np.float32)
+  canvas[:, top:top + h, left:left + w] = x
+  mask = np.ones((n, H, W, c), np.float32)
+  mask[:, top:top + h, left:left + w] = 0.0
+  return canvas, mask
+
+
+def _nearest_multiple(side: int, inner: int, f: int) -> int:
+  """The multiple of f nearest to `side` (ties: the larger), not below
+  `inner`, and above it if `side` is (a margin asked for stays)."""
+  down, up = side // f * f, -(-side // f) * f
+  fits = down > inner if side > inner else down >= inner
+  return down if fits and side - down < up - side else up
+
+
+def _add_margin(first: int, second: int, d: int) -> tuple[int, int]:
+  """Margins (first, second) changed by d in all, neither below 0."""
+  second += d
+  if second < 0:
+    first, second = first + second, 0
+  return first, second
