@@ -1,8 +1,7 @@
-"""Speed of sampling and training, JAX side by side with a PyTorch reference.
+"""python -m benchmarks.bench --config configs/mnist.py --batch 64 --steps 1000 [--out FILE]
 
-  pip install -e '.[bench]'     # torch==2.13.0 (CPU build) and diffusers
-  python benchmarks/bench.py --config configs/mnist.py --batch 64 --steps 1000
-
+Speed of sampling and training, JAX side by side with a PyTorch reference
+(pip install -e '.[bench]': torch==2.13.0, CPU build, and diffusers).
 Reports, in one invocation on one machine:
 - sampling: compile time of the full scan (and of a 50-step scan), steady-state
   seconds after block_until_ready, image-steps/s, achieved GFLOP/s (XLA's
@@ -14,24 +13,24 @@ Reports, in one invocation on one machine:
 - with torch and diffusers installed: the same UNet shape as diffusers
   `UNet2DModel` (parameter counts checked to within 1%), sampled with a plain
   Python loop and trained with torch Adam, and the JAX/PyTorch ratios.
-Prints a table and writes JSON (--out).
+Prints a table and, with --out, writes it all as JSON (with the CPU, JAX
+version and date).
 """
 
 import os
-import platform
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from ddpm_jax import data as data_lib, samplers, sharding, xla_options
-from ddpm_jax.cli import common as cli
 from ddpm_jax.train import step as step_lib
-from ddpm_jax.config import betas_from_config, load_config_file, validate
-from ddpm_jax.samplers import make_sample_fn
-from common import torch_unet, write_report
+from ddpm_jax.builders import betas_from_config
+from ddpm_jax.config import load_config_file, validate
+from ddpm_jax.sampling import make_sample_fn
 
 _CONFIG = flags.DEFINE_string('config', 'configs/mnist.py', 'Config file.')
 _BATCH = flags.DEFINE_integer('batch', 64, 'Images per sampling call and train batch.')
@@ -44,18 +43,11 @@ _COMPILE_STEPS = flags.DEFINE_multi_integer(
     'compile_steps', [1000], 'Also compile (not run) scans of these lengths.')
 
 
-def _time(fn, repeat=1):
-  jax.block_until_ready(fn())
-  t = time.perf_counter()
-  for _ in range(repeat):
-    jax.block_until_ready(fn())
-  return (time.perf_counter() - t) / repeat
-
-
 def matmul_ceiling_gflops(n=2048):
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda a: a @ a)
-  return 2 * n ** 3 / _time(lambda: f(a), 5) / 1e9
+  _, seconds = common.timed(f, a, repeats=5)
+  return 2 * n ** 3 / np.mean(seconds) / 1e9
 
 
 def jax_side(config, B, steps):
@@ -79,9 +71,7 @@ def jax_side(config, B, steps):
     compiled = fn.lower(params, jax.random.key(0)).compile()
     out[f'compile_s_{n}'] = time.perf_counter() - t
     if n == steps:  # already compiled: the first call is steady state
-      t = time.perf_counter()
-      jax.block_until_ready(compiled(params, jax.random.key(1)))
-      secs = time.perf_counter() - t
+      _, (secs,) = common.timed(compiled, params, jax.random.key(1), warmup=False)
       out['sample_s'] = secs
       out['image_steps_per_s'] = B * steps / secs
       out['sample_gflops'] = flops_call * steps / secs / 1e9
@@ -97,13 +87,13 @@ def jax_side(config, B, steps):
   else:
     batch = data_lib.Batches(src, B, 0).batch(0)
   gb = sharding.shard_batch(batch, mesh)
-  st, m = step(st, gb)
-  jax.block_until_ready(m)
-  t = time.perf_counter()
-  for _ in range(_TRAIN_STEPS.value):
-    st, m = step(st, gb)
-  jax.block_until_ready(m)
-  secs = (time.perf_counter() - t) / _TRAIN_STEPS.value
+  st = [st]
+
+  def train(_):
+    st[0], m = step(st[0], gb)
+    return m
+  jax.block_until_ready(train(0))
+  secs = common.loop_seconds(train, _TRAIN_STEPS.value)
   out['train_steps_per_s'] = 1 / secs
   out['train_images_per_s'] = B / secs
   return out
@@ -111,7 +101,7 @@ def jax_side(config, B, steps):
 
 def torch_side(config, B, steps):
   import torch
-  net = torch_unet(config)
+  net = common.torch_unet(config)
   d = config.data
   out = {'params': sum(p.numel() for p in net.parameters())}
   betas = torch.tensor(betas_from_config(config), dtype=torch.float32)
@@ -170,9 +160,8 @@ def main():
     config.model.dtype = _DTYPE.value
   validate(config)
   B, steps = _BATCH.value, _STEPS.value
-  report = {'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
-                       f'{jax.devices()[0].device_kind}',
-            'date': time.strftime('%Y-%m-%d'), 'config': _CONFIG.value,
+  report = {**common.header(), 'device': jax.devices()[0].device_kind,
+            'config': _CONFIG.value,
             'batch': B, 'steps': steps, 'dtype': config.model.dtype}
   report['matmul_ceiling_gflops'] = matmul_ceiling_gflops()
   report['compiler_options'] = xla_options.compiler_options()
@@ -205,7 +194,7 @@ def main():
       if 'jax_xla_defaults' in report:
         report['sample_speedup_xla_defaults_over_torch'] = jd['image_steps_per_s'] / t['image_steps_per_s']
         report['train_speedup_xla_defaults_over_torch'] = jd['train_steps_per_s'] / t['train_steps_per_s']
-  print(f"{report['machine']}; matmul ceiling {report['matmul_ceiling_gflops']:.0f} GFLOP/s")
+  print(f"{report['cpu']} ({report['device']}); matmul ceiling {report['matmul_ceiling_gflops']:.0f} GFLOP/s")
   print(f"options: {report['compiler_options']}")
   print(f"{'':28s} {'JAX':>12s} {'JAX, XLA dflt':>14s} {'PyTorch':>12s}")
   keys = {'params': 'params', 'sample s': 'sample_s', 'image-steps/s': 'image_steps_per_s',
@@ -224,8 +213,9 @@ def main():
             'sample_speedup_options_over_defaults', 'train_speedup_options_over_defaults'):
     if k in report:
       print(f'{k}: {report[k]:.3f}')
-  write_report(_OUT.value, report)
+  if _OUT.value:
+    common.write_json(_OUT.value, report)
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  common.run(main)

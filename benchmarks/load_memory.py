@@ -1,11 +1,12 @@
-"""Peak resident memory of `load()` + one sampling call, in a fresh process.
+"""python -m benchmarks.load_memory --config configs/cifar10.py --workdir /tmp/memwd
 
-  python benchmarks/load_memory.py --config configs/cifar10.py --workdir /tmp/memwd
-
+Peak resident memory of `load()` + one sampling call, in a fresh process.
 Writes a checkpoint at step 0 (random init, the whole train state, as the
 trainer saves it) if the workdir has none, then measures in a new process:
 the RSS after importing ddpm_jax, and the peak RSS after `load(workdir)` and
-`pipe.sample(1, seed=0, sampler='ddim', num_steps=10)`. PYTHONPATH may point
+`pipe.sample(1, seed=0, sampler='ddim', num_steps=10)`, and prints them as
+one JSON line (with the CPU, JAX version and date). In the new process
+PYTHONPATH comes before the working directory on the path, so it may point
 at another checkout, to measure its `load` on the same checkpoint.
 """
 
@@ -13,6 +14,15 @@ import json
 import os
 import subprocess
 import sys
+
+from absl import flags
+
+from benchmarks import common
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir to load (a step-0 checkpoint '
+                               'is written there if it has none).', required=True)
+_CONFIG = flags.DEFINE_string('config', None, 'Config file of the step-0 checkpoint '
+                              '(needed only when --workdir has no checkpoint).')
 
 _MEASURE = r'''
 import json, resource, sys
@@ -47,14 +57,18 @@ def write_checkpoint(config_path: str, workdir: str) -> None:
 
 
 def main() -> None:
-  args = dict(a.lstrip('-').split('=', 1) for a in sys.argv[1:])
-  workdir = args['workdir']
+  workdir = _WORKDIR.value
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    write_checkpoint(args['config'], workdir)
-  r = subprocess.run([sys.executable, '-c', _MEASURE, workdir], capture_output=True,
-                     text=True, check=True)
-  print(r.stdout.strip().splitlines()[-1])
+    if not _CONFIG.value:
+      common.fail(f'{workdir} has no checkpoint: give --config to write one at step 0')
+    write_checkpoint(_CONFIG.value, workdir)
+  # -P: the working directory comes after PYTHONPATH on the path, not first.
+  path = os.pathsep.join(filter(None, [os.environ.get('PYTHONPATH'), os.getcwd()]))
+  r = subprocess.run([sys.executable, '-P', '-c', _MEASURE, workdir], capture_output=True,
+                     text=True, check=True, env={**os.environ, 'PYTHONPATH': path})
+  row = json.loads(r.stdout.strip().splitlines()[-1])
+  print(json.dumps({**common.header(), **row}))
 
 
 if __name__ == '__main__':
-  main()
+  common.run(main)

@@ -1,14 +1,16 @@
-"""Where the time goes: a per-op profile of one sampling call and one train step.
+"""python -m benchmarks.profile_ops --config configs/mnist.py --batch 64 [--out docs/profile_cpu_mnist.json]
 
-  python benchmarks/profile_ops.py --config configs/mnist.py --batch 64 [--out docs/profile_cpu_mnist.json]
-
+Where the time goes: a per-op profile of one sampling call and one train step.
 Traces the jitted network call (what every sampler step runs) and the jitted
 train step with jax.profiler, then sums the host-thread events of XLA's
 thunks by what they compute (convolution, dot, reduce, elementwise, layout
 copies) and by op name, and prints the top ops with their share of the traced
 time, next to the wall time per call. With torch and diffusers installed it
-also prints torch.profiler's view of bench.py's PyTorch reference. Convolutions that XLA runs with its own
-Eigen kernels emit no events; they are the gap between the two.
+also prints torch.profiler's view of the PyTorch reference of
+benchmarks.bench. Convolutions that XLA runs with its own Eigen kernels emit
+no events; they are the gap between the two. Also times GroupNorm + SiLU,
+nnx.GroupNorm against ddpm_jax's. With --out, writes it all as JSON (with
+the CPU, JAX version and date).
 """
 
 import collections
@@ -17,14 +19,13 @@ import os
 import re
 import tempfile
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import write_report
+from benchmarks import common
 from ddpm_jax import data as data_lib, sharding
-from ddpm_jax.cli import common as cli
 from ddpm_jax.train import step as step_lib
 from ddpm_jax.config import load_config_file, validate
 from ddpm_jax.xla_options import compiler_options
@@ -83,14 +84,9 @@ def hlo_op_table(hlo_text: str) -> dict[str, str]:
 
 
 def _wall_ms(fn, repeat):
-  import time
-  jax.block_until_ready(fn())  # compiled and warm
-  times = []
-  for _ in range(repeat):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return 1000 * float(np.median(times))
+  """Median ms per call, compiled and warm."""
+  _, seconds = common.timed(fn, repeats=repeat)
+  return 1000 * float(np.median(seconds))
 
 
 def _events(fn, repeat):
@@ -141,7 +137,7 @@ def groupnorm_ab(shape=(64, 28, 28, 64), groups=32, repeat=20):
   """ms per call of nnx.GroupNorm and ddpm_jax's GroupNorm (+ SiLU), forward
   and forward+backward, side by side."""
   from flax import nnx
-  from ddpm_jax.models.unet import GroupNorm
+  from ddpm_jax.models.layers import GroupNorm
   x = jax.random.normal(jax.random.key(0), shape)
   out = {}
   for name, cls in (('nnx.GroupNorm', nnx.GroupNorm), ('ddpm_jax GroupNorm', GroupNorm)):
@@ -154,12 +150,11 @@ def groupnorm_ab(shape=(64, 28, 28, 64), groups=32, repeat=20):
 
 
 def torch_profile(config, B, repeat, top):
-  """torch.profiler's self-time shares for the diffusers reference (bench.py's
-  model): a no-grad forward and a forward+backward."""
+  """torch.profiler's self-time shares for the diffusers reference (the model
+  of benchmarks.bench): a no-grad forward and a forward+backward."""
   import torch
   from torch.profiler import ProfilerActivity, profile
-  from common import torch_unet
-  net = torch_unet(config)
+  net = common.torch_unet(config)
   d = config.data
   x = torch.randn(B, d.channels, d.image_size, d.image_size)
   t = torch.full((B,), 500)
@@ -192,7 +187,8 @@ def main():
   fwd = jax.jit(setup.apply, compiler_options=compiler_options())
   table = hlo_op_table(fwd.lower(params, x, t).compile().as_text())
   call = lambda: fwd(params, x, t)
-  report = {'config': _CONFIG.value, 'batch': B, 'compiler_options': compiler_options(),
+  report = {**common.header(), 'config': _CONFIG.value, 'batch': B,
+            'compiler_options': compiler_options(),
             'sampling_call': summarize(_events(call, _REPEAT.value), _TOP.value, table)}
   report['sampling_call']['wall_ms'] = _wall_ms(call, _REPEAT.value)
 
@@ -227,8 +223,9 @@ def main():
     else:
       for name, rows in tp.items():
         print(f'\nPyTorch reference, {name}: ' + ', '.join(f'{k} {v}%' for k, v in rows))
-  write_report(_OUT.value, report)
+  if _OUT.value:
+    common.write_json(_OUT.value, report)
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  common.run(main)

@@ -14,7 +14,7 @@ import numpy as np
 from ddpm_jax import diffusion
 from ddpm_jax import options
 from ddpm_jax import samplers as samplers_lib
-from ddpm_jax.config import autoencoder_factor, model_kind, unet_input_shape
+from ddpm_jax.config import model_kind, unet_input_shape
 from ddpm_jax.errors import UserError
 from ddpm_jax.schedules import Schedule, get_betas, make_schedule
 

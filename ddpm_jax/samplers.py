@@ -11,7 +11,7 @@ the registry (keyed by options.SAMPLERS). What is built around a sampler
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

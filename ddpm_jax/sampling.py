@@ -210,11 +210,10 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
                                     mask, jumps)
       return x, None
     after_step = None
-    if mask is not None:
-      s = sampler.schedule
-      def after_step(x, i, key):
-        noise = jax.random.normal(key, x_init.shape, x_init.dtype)
-        return replace_known(s, x, x_init, mask, i, noise)
+    if mask is not None:   # the known pixels, noised to the step's level
+      after_step = lambda x, i, k: replace_known(
+          sampler.schedule, x, x_init, mask, i,
+          jax.random.normal(k, x_init.shape, x_init.dtype))
     x, frames = sampler.sample(eps_fn, loop_key, x_T, start=start,
                                capture_every=capture_every,
                                after_step=after_step)

@@ -2,8 +2,9 @@
 
 On CPU, XLA (jaxlib 0.10) hands convolutions and dots to YNNPACK by default,
 and those run this UNet's forward pass slower than XLA's own kernels
-(`benchmarks/bench.py` measures both side by side; see BENCHMARKS.md). The
-hot loops are therefore compiled with YNNPACK kept for reductions only. Other backends get no options. Set
+(`python -m benchmarks.bench` measures both side by side; see
+docs/results/speed.md). The hot loops are therefore compiled with YNNPACK
+kept for reductions only. Other backends get no options. Set
 DDPM_JAX_XLA_DEFAULTS=1 to compile with XLA's defaults.
 """
 

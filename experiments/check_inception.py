@@ -1,21 +1,21 @@
-"""Cross-checks ddpm_jax.inception against pytorch-fid's own InceptionV3.
+"""python -m experiments.check_inception [--num 8 --size 32]
 
-The FID weights cannot be downloaded here, so both networks get the same
-generated weights (random convs, BatchNorm statistics and fc) through
-pytorch-fid's loading path, and must give the same pool3 features.
-
-  pip install torch==2.13.0 pytorch-fid==0.3.0 torchvision   # dev only
-  python benchmarks/check_inception.py [--num 8 --size 32]
-
-Prints the largest absolute and relative feature difference and both
-parameter counts; exits 1 if they disagree.
+Cross-checks ddpm_jax.metrics.inception against pytorch-fid's own
+InceptionV3 (pip install torch==2.13.0 pytorch-fid==0.3.0 torchvision; dev
+only). The FID weights are not needed: both networks get the same generated
+weights (random convs, BatchNorm statistics and fc) through pytorch-fid's
+loading path, and must give the same pool3 features. Prints the largest
+absolute and relative feature difference and both parameter counts, then
+MATCH (exit 0) or MISMATCH (exit 1).
 """
 
 import sys
 import types
 
-from absl import app, flags
+from absl import flags
 import numpy as np
+
+from benchmarks import common
 
 _NUM = flags.DEFINE_integer('num', 8, 'Images.')
 _SIZE = flags.DEFINE_integer('size', 32, 'Input size (resized to 299 by both).')
@@ -40,8 +40,7 @@ def random_weights(seed=0):
   return sd
 
 
-def main(argv):
-  del argv
+def main():
   # torchvision's compiled ops may not match a CPU torch build; the models
   # are pure Python, so skip the op registrations.
   sys.modules.setdefault('torchvision._meta_registrations', types.ModuleType('stub'))
@@ -74,4 +73,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

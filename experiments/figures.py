@@ -1,7 +1,8 @@
-"""The README's outpainting and latent-diffusion figures.
+"""python -m experiments.figures --workdir workdirs/mnist --latent workdirs/mnist_latent --autoencoder workdirs/mnist_autoencoder --out docs
 
-  python benchmarks/figures.py --workdir workdirs/mnist --latent workdirs/mnist_latent \
-      --autoencoder workdirs/mnist_autoencoder --out docs
+The README's outpainting and latent-diffusion figures, as PNGs in --out:
+--workdir (a class-conditional pixel model) makes the first, --latent (with
+its --autoencoder) the others.
 
 - <out>/outpaint.png: the original (examples/digit.png), the 36×36 canvas with
   the border to generate in grey, and three seeds (label 7, the config's
@@ -16,17 +17,27 @@
   without pasting.
 """
 
-import argparse
 import os
 
+from absl import flags
 import jax
 import numpy as np
 
+from benchmarks import common
 from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
 from ddpm_jax import sharding
 from ddpm_jax.metrics import mnist_lenet
 from ddpm_jax.pipeline import load
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Pixel model workdir (outpainting).')
+_LATENT = flags.DEFINE_string('latent', None, 'Latent model workdir (the latent figures).')
+_AUTOENCODER = flags.DEFINE_string('autoencoder', None, "The latent model's "
+                                   'autoencoder workdir (with --latent).')
+_OUT = flags.DEFINE_string('out', 'docs', 'Output folder.')
+flags.register_multi_flags_validator(
+    ['latent', 'autoencoder'], lambda f: not f['latent'] or bool(f['autoencoder']),
+    '--latent needs --autoencoder')
 
 
 def outpaint(workdir: str, out: str) -> None:
@@ -76,18 +87,12 @@ def latent_figures(latent: str, autoencoder: str, out: str) -> None:
 
 
 def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--workdir', default=None, help='pixel model (outpainting)')
-  ap.add_argument('--latent', default=None)
-  ap.add_argument('--autoencoder', default=None)
-  ap.add_argument('--out', default='docs')
-  args = ap.parse_args()
-  os.makedirs(args.out, exist_ok=True)
-  if args.workdir:
-    outpaint(args.workdir, args.out)
-  if args.latent:
-    latent_figures(args.latent, args.autoencoder, args.out)
+  os.makedirs(_OUT.value, exist_ok=True)
+  if _WORKDIR.value:
+    outpaint(_WORKDIR.value, _OUT.value)
+  if _LATENT.value:
+    latent_figures(_LATENT.value, _AUTOENCODER.value, _OUT.value)
 
 
 if __name__ == '__main__':
-  main()
+  common.run(main)

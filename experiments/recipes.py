@@ -1,31 +1,38 @@
-"""Training recipes side by side at equal wall-clock time on this CPU.
+"""python -m experiments.recipes --budget 150 --recipes base,small --out /tmp/recipes.jsonl
 
-  python benchmarks/recipes.py --budget 150 --recipes base,small --out /tmp/recipes.jsonl
-  python benchmarks/recipes.py --probe --recipes base,small,patch2_v   # step times only
+Training recipes side by side at equal wall-clock time on this CPU. Each
+recipe is `base_config()` (the paper's recipe at MNIST size), or the config
+file its key 'config' names, plus a few overrides (RECIPES; `--extra` adds
+one). It trains in a fresh workdir under `--root` until `--budget` seconds
+have passed since `train()` was called (start-up and compilation count: a
+user waits for them too), stopping through the same event a SIGTERM sets,
+so the last step is checkpointed. Then `evaluate` draws `--num` samples
+with the given sampler and reports the LeNet FD, the confident share (and
+the held-out real images'), and the class entropy. One JSON line per recipe
+(with the CPU, JAX version and date) is printed and appended to `--out`.
 
-Each recipe is `base_config()` (the paper's recipe at MNIST size), or the
-config file its key 'config' names, plus a few overrides. It trains in a
-fresh workdir until `--budget` seconds have passed since `train()` was called (start-up and compilation count: a user waits for them
-too), stopping through the same event a SIGTERM sets, so the last step is
-checkpointed. Then `evaluate` draws `--num` samples with the given sampler and
-reports the LeNet FD, the confident share (and the held-out real images'),
-and the class entropy. One JSON line per recipe is appended to `--out`.
+  python -m experiments.recipes --probe --recipes base,small,patch2_v
+
+only times each recipe's jitted train step after compiling (no training
+run, no evaluation) and prints one JSON line per recipe.
 """
 
-import argparse
 import json
 import os
-import platform
 import shutil
 import threading
 import time
+
+from absl import flags
+
+from benchmarks import common
 
 SMALL = {'model.ch': 16, 'model.num_groups': 4, 'model.ch_mult': (1, 2, 4),
          'model.num_res_blocks': 1, 'model.attn_resolutions': (7,)}
 PATCH2 = {'model.patch_size': 2, 'model.ch': 32, 'model.ch_mult': (1, 2),
           'model.num_res_blocks': 1, 'model.attn_resolutions': (7,)}
 RECIPES = {
-    # the default before issue 14: ch 32, (1, 2, 2), 2 blocks, attn 14, batch 32
+    # base_config(): ch 32, (1, 2, 2), 2 blocks, attention at 14x14, batch 32
     'base': {},
     'wide_1block': {'model.num_res_blocks': 1, 'model.attn_resolutions': ()},
     # ch 16, (1, 2, 4), 1 block, attention at 7x7: 3.1x the images/s of base
@@ -61,17 +68,24 @@ RECIPES = {
     'latent_default': {'config': 'configs/mnist_latent.py'},
 }
 
-
-def cpu_name() -> str:
-  """The CPU model and whether it has AVX-512 (speed differs about 3x)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      info = f.read()
-  except OSError:
-    return platform.machine()
-  model = next((l.split(':', 1)[1].strip() for l in info.splitlines()
-                if l.startswith('model name')), platform.machine())
-  return f"{model}, {os.cpu_count()} cores, {'AVX-512' if 'avx512f' in info else 'no AVX-512'}"
+_BUDGET = flags.DEFINE_float('budget', 100.0, 'Seconds of training per recipe '
+                             '(start-up and compilation included).')
+_RECIPES = flags.DEFINE_list('recipes', ['base'], 'Recipes (names in RECIPES): '
+                             + ', '.join(RECIPES) + '.')
+_EXTRA = flags.DEFINE_string('extra', '', 'One custom recipe: name:a.b=1;c.d=x '
+                             '(values parsed as JSON where they can be).')
+_ROOT = flags.DEFINE_string('root', '/tmp/recipes', 'Folder of the recipes\' workdirs '
+                            '(each replaced).')
+_NUM = flags.DEFINE_integer('num', 1000, 'Samples of the evaluation.')
+_SAMPLER = flags.DEFINE_string('sampler', 'dpm++2m', 'Sampler of the evaluation.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Sampling steps of the evaluation.')
+_OUT = flags.DEFINE_string('out', None, 'JSON-lines file to append to.')
+_PROBE = flags.DEFINE_bool('probe', False, "Only time each recipe's train step "
+                           '(no training run).')
+flags.register_validator('recipes', lambda names: all(n in RECIPES for n in names),
+                         'unknown recipe (see --help for the names)')
+flags.register_validator('extra', lambda e: not e or ':' in e and '=' in e,
+                         'expected name:a.b=1;c.d=x')
 
 
 def recipe_config(overrides: dict):
@@ -91,7 +105,7 @@ def recipe_config(overrides: dict):
 
 
 def parse_overrides(text: str) -> dict:
-  """'a.b=1,c.d=x' (values parsed as JSON where they can be) -> dict."""
+  """'a.b=1;c.d=x' (values parsed as JSON where they can be) -> dict."""
   out = {}
   for item in filter(None, text.split(';')):
     k, v = item.split('=', 1)
@@ -125,10 +139,8 @@ def run_recipe(name: str, overrides: dict, budget: float, root: str, num: int,
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     last = [json.loads(line) for line in f][-4:]
   loss = sum(r['loss'] for r in last) / len(last)
-  guidance = (config.sampling.guidance_scale if config.model.class_conditional
-              else None)
   report, _ = evaluate(workdir, num=num, sampler=sampler, num_steps=steps,
-                       guidance_scale=guidance, progress=False)
+                       progress=False)   # guidance: the config's
   return {'recipe': name, 'overrides': {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in overrides.items()},
           'steps': summary['step'], 'train_wall_s': round(wall, 1),
@@ -138,13 +150,12 @@ def run_recipe(name: str, overrides: dict, budget: float, root: str, num: int,
           'real_confident_share': report['real_confident_share'],
           'class_entropy_bits': round(report['class_entropy_bits'], 3),
           'sampler': f'{sampler}-{steps}', 'guidance_scale': guidance,
-          'requested_class_accuracy': report.get('requested_class_accuracy'), 'sampling_s': report['sampling_seconds'],
-          'cpu': cpu_name()}
+          'requested_class_accuracy': report.get('requested_class_accuracy'),
+          'sampling_s': report['sampling_seconds'], **common.header()}
 
 
 def probe_step_time(name: str, overrides: dict, steps: int = 15) -> dict:
   """The jitted train step's own time after compilation (no loop, no I/O)."""
-  import jax
   from ddpm_jax import data as data_lib
   from ddpm_jax import sharding
   from ddpm_jax.train import step as step_lib
@@ -152,56 +163,41 @@ def probe_step_time(name: str, overrides: dict, steps: int = 15) -> dict:
   config = recipe_config(overrides)
   mesh = sharding.make_mesh()
   ae_params = None
-  if config_lib.is_latent(config):
+  if config_lib.model_kind(config).latent:
     config, ae_params = latent.attach_autoencoder(config, mesh)
   setup, state = step_lib.init_train_state(config, ae_params)
   state = sharding.replicate(state, mesh)
   batches = data_lib.Batches(data_lib.load_source(config.data),
                              config.training.batch_size, 0, 0, 1)
   step = step_lib.make_train_step(setup, mesh)
-  t0 = time.time()
-  state, m = step(state, sharding.shard_batch(batches.batch(0), mesh))
-  jax.block_until_ready(m)
-  compile_s = time.time() - t0
-  t0 = time.time()
-  for i in range(1, steps + 1):
-    state, m = step(state, sharding.shard_batch(batches.batch(i), mesh))
-  jax.block_until_ready(m)
-  dt = (time.time() - t0) / steps
+  state = [state]
+
+  def train(i):
+    state[0], m = step(state[0], sharding.shard_batch(batches.batch(i), mesh))
+    return m
+  _, (compile_s,) = common.timed(train, 0, warmup=False)
+  dt = common.loop_seconds(train, steps, start=1)
   return {'recipe': name, 'params': setup.num_params, 'first_step_s': round(compile_s, 1),
           'step_ms': round(1000 * dt), 'images_per_s': round(config.training.batch_size / dt),
-          'cpu': cpu_name()}
+          **common.header()}
 
 
 def main() -> None:
-  ap = argparse.ArgumentParser()
-  ap.add_argument('--budget', type=float, default=100.0)
-  ap.add_argument('--recipes', default='base')
-  ap.add_argument('--extra', default='', help="name:a.b=1;c=2 (one custom recipe)")
-  ap.add_argument('--root', default='/tmp/recipes')
-  ap.add_argument('--num', type=int, default=1000)
-  ap.add_argument('--sampler', default='dpm++2m')
-  ap.add_argument('--steps', type=int, default=20)
-  ap.add_argument('--out', default=None)
-  ap.add_argument('--probe', action='store_true',
-                  help='only time each recipe\'s train step (no training run)')
-  args = ap.parse_args()
-  recipes = {n: RECIPES[n] for n in filter(None, args.recipes.split(','))}
-  if args.extra:
-    n, o = args.extra.split(':', 1)
+  recipes = {n: RECIPES[n] for n in _RECIPES.value}
+  if _EXTRA.value:
+    n, o = _EXTRA.value.split(':', 1)
     recipes[n] = parse_overrides(o)
-  if args.probe:
+  if _PROBE.value:
     for name, overrides in recipes.items():
       print(json.dumps(probe_step_time(name, overrides)), flush=True)
     return
   for name, overrides in recipes.items():
-    row = run_recipe(name, overrides, args.budget, args.root, args.num,
-                     args.sampler, args.steps)
+    row = run_recipe(name, overrides, _BUDGET.value, _ROOT.value, _NUM.value,
+                     _SAMPLER.value, _STEPS.value)
     print(json.dumps(row), flush=True)
-    if args.out:
-      with open(args.out, 'a') as f:
-        f.write(json.dumps(row) + '\n')
+    if _OUT.value:
+      common.append_jsonl(_OUT.value, row)
 
 
 if __name__ == '__main__':
-  main()
+  common.run(main)

@@ -66,3 +66,58 @@ def pytest_collection_modifyitems(config, items):
     return next((i for i, name in enumerate(_LONGEST_FIRST)
                  if name in item.nodeid), len(_LONGEST_FIRST))
   items.sort(key=rank)
+
+
+def train_steps(config, steps: int, source=None, on_step=None):
+  """The jitted train step run `steps` times on `source` (default: the
+  embedded MNIST-5k) in batches of config.training.batch_size, waiting for
+  each step as the trainer does (300 steps queued at once on 4 fake CPU
+  devices aborted XLA). Returns (setup, state, mesh); `on_step(i, metrics)`
+  sees every step's metrics."""
+  from ddpm_jax import data as data_lib, sharding
+  from ddpm_jax.train import step as step_lib
+  setup, state = step_lib.init_train_state(config)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
+  step = step_lib.make_train_step(setup, mesh)
+  batches = data_lib.Batches(source or data_lib.load_embedded_mnist(),
+                             config.training.batch_size, seed=0)
+  for i in range(steps):
+    state, metrics = step(state, sharding.shard_batch(batches.batch(i), mesh))
+    jax.block_until_ready(metrics)
+    if on_step is not None:
+      on_step(i, metrics)
+  return setup, state, mesh
+
+
+def train_zero_one(config, steps: int):
+  """A model trained `steps` steps on the 0s and 1s of MNIST-5k at 8x8 (the
+  trained-model tests of guidance and text prompts), as a Pipeline over its
+  EMA weights, and a 0-vs-1 classifier of real images (`zero_one_classifier`)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from ddpm_jax import data as data_lib
+  from ddpm_jax.pipeline import Pipeline
+  src = data_lib.load_embedded_mnist()
+  keep = src.labels < 2
+  images, labels = src.images[keep], src.labels[keep]
+  setup, state, mesh = train_steps(config, steps,
+                                   data_lib.ArraySource(images, labels))
+  classify = zero_one_classifier(np.asarray(data_lib.preprocess(
+      jnp.asarray(images), 8, False, None)), labels)
+  return Pipeline(config, setup.eps_apply, state.ema_params, mesh, steps), classify
+
+
+def untrained_pipeline(config, params_fn, wrap=None):
+  """A Pipeline over fresh parameters changed by `params_fn` (so the output
+  is not trivial), with its ε-apply optionally wrapped (e.g. in
+  chex.assert_max_traces)."""
+  import dataclasses
+  from ddpm_jax import sharding
+  from ddpm_jax.pipeline import Pipeline
+  from ddpm_jax.train import step as step_lib
+  setup, state = step_lib.init_train_state(config)
+  if wrap:
+    setup = dataclasses.replace(setup, eps_apply=wrap(setup.eps_apply))
+  return Pipeline(config, setup.eps_apply, params_fn(state.ema_params),
+                  sharding.make_mesh(), 0)

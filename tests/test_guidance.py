@@ -1,27 +1,18 @@
 """Class guidance, img2img and inpainting through the public Pipeline."""
 
-import dataclasses
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import zero_one_classifier
-from ddpm_jax import data as data_lib
-from ddpm_jax import sharding
-from ddpm_jax.train import step as step_lib
+from conftest import train_zero_one, untrained_pipeline
 from ddpm_jax.errors import UserError
-from ddpm_jax.pipeline import Pipeline
 
 
 def _pipeline(config, wrap=None):
-  setup, state = step_lib.init_train_state(config)
-  if wrap:
-    setup = dataclasses.replace(setup, eps_apply=wrap(setup.eps_apply))
-  params = jax.tree.map(lambda p: p + 0.02, state.ema_params)  # non-trivial output
-  return Pipeline(config, setup.eps_apply, params, sharding.make_mesh(), 0)
+  return untrained_pipeline(config, lambda p: jax.tree.map(lambda v: v + 0.02, p),
+                            wrap)
 
 
 @pytest.fixture
@@ -113,9 +104,6 @@ def test_label_outside_the_classes(cond_config):
 def test_trained_conditional_model_draws_the_requested_class(cond_config):
   """Two classes (0 and 1) at 8x8: a logistic-regression classifier trained
   here on real images must recognise the requested class far above chance."""
-  src = data_lib.load_embedded_mnist()
-  keep = src.labels < 2
-  images, labels = src.images[keep], src.labels[keep]
   c = cond_config
   c.data.num_classes = 2
   c.training.batch_size = 32
@@ -123,21 +111,7 @@ def test_trained_conditional_model_draws_the_requested_class(cond_config):
   c.training.warmup_steps = 20
   c.training.ema_decay = 0.99
   c.model.dropout = 0.0
-  setup, state = step_lib.init_train_state(c)
-  mesh = sharding.make_mesh()
-  state = sharding.replicate(state, mesh)
-  step = step_lib.make_train_step(setup, mesh)
-  batches = data_lib.Batches(data_lib.ArraySource(images, labels), 32, seed=0)
-  for i in range(300):
-    state, metrics = step(state, sharding.shard_batch(batches.batch(i), mesh))
-    # Wait for each step, as the trainer does (metrics fetched one step late):
-    # 300 steps queued at once on 4 fake CPU devices aborted XLA twice here.
-    jax.block_until_ready(metrics)
-
-  # Classifier on real 8x8 images, the same preprocessing as training.
-  classify = zero_one_classifier(np.asarray(data_lib.preprocess(
-      jnp.asarray(images), 8, False, None)), labels)
-  pipe = Pipeline(c, setup.eps_apply, state.ema_params, mesh, 300)
+  pipe, classify = train_zero_one(c, 300)
   x = pipe.sample(num=64, seed=0, labels=[0, 1], guidance_scale=4.0)
   acc = np.mean(classify(x) == np.repeat([0, 1], 32))
   assert acc > 0.75, acc  # chance is 0.5; measured 0.86 when written

@@ -1,6 +1,6 @@
 """FID Inception: blocks against float64 NumPy, weight loading, statistics.
 
-benchmarks/check_inception.py compares the whole network with pytorch-fid's
+python -m experiments.check_inception compares the whole network with pytorch-fid's
 (same generated weights; max relative difference 3e-7); it needs torch, so
 it is not part of this suite.
 """

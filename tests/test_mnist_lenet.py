@@ -19,7 +19,7 @@ def test_held_out_split_and_classifier_metrics(tmp_path):
       model, np.random.default_rng(0).uniform(-1, 1, (500, 28, 28, 1)).astype(np.float32), held)
   assert real['fd'] < noise['fd'] / 5
   assert real['class_entropy_bits'] > 3.2 and real['confident_share'] > 0.8
-  # the held-out images' own share, for the ratio the README reports
+  # the held-out images' own share, for the ratio docs/results/quality.md reports
   assert real['real_confident_share'] == real['confident_share'] or abs(
       real['real_confident_share'] - real['confident_share']) < 0.05
   assert noise['confident_share'] < noise['real_confident_share']

@@ -9,13 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, zero_one_classifier
-from ddpm_jax import captions, sharding, tokenizer
-from ddpm_jax import data as data_lib
+from conftest import REPO, train_steps, train_zero_one, untrained_pipeline
+from ddpm_jax import captions, tokenizer
 from ddpm_jax.config import ConfigError, validate
 from ddpm_jax.errors import UserError
-from ddpm_jax.models.text import TransformerBlock
-from ddpm_jax.pipeline import Pipeline
 from ddpm_jax.train import step as step_lib
 
 
@@ -79,16 +76,9 @@ def test_the_text_path_is_differentiable_and_the_loss_falls(text_config):
   c = text_config
   c.training.batch_size = 16
   c.training.learning_rate = 3e-3
-  setup, state = step_lib.init_train_state(c)
-  init = jax.tree.map(np.asarray, state.params)
-  mesh = sharding.make_mesh()
-  state = sharding.replicate(state, mesh)
-  step = step_lib.make_train_step(setup, mesh)
-  batches = data_lib.Batches(data_lib.load_embedded_mnist(), 16, seed=0)
+  init = jax.tree.map(np.asarray, step_lib.init_train_state(c)[1].params)
   losses = []
-  for i in range(40):
-    state, m = step(state, sharding.shard_batch(batches.batch(i), mesh))
-    losses.append(float(m['loss']))
+  _, state, _ = train_steps(c, 40, on_step=lambda i, m: losses.append(float(m['loss'])))
   assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
   # gradients reached the text encoder (its embeddings, byte convolution and
   # positions moved) and the attention pooling
@@ -119,10 +109,7 @@ def test_a_text_config_is_checked(text_config):
 
 
 def _pipeline(config, params=None, wrap=None):
-  setup, state = step_lib.init_train_state(config)
-  apply = setup.eps_apply if wrap is None else wrap(setup.eps_apply)
-  return Pipeline(config, apply, params or _nonzero(state.ema_params),
-                  sharding.make_mesh(), 0)
+  return untrained_pipeline(config, lambda p: params or _nonzero(p), wrap)
 
 
 def test_prompts_fill_rows_and_guidance_mixes_prompt_and_negative(text_config):
@@ -200,9 +187,6 @@ def _train_two_digits(config, steps: int):
   """A text model trained on the 0s and 1s of MNIST-5k at 8x8 (captions of
   both languages); and a logistic-regression 0-vs-1 classifier of real
   images, as the class-guidance test does."""
-  src = data_lib.load_embedded_mnist()
-  keep = src.labels < 2
-  images, labels = src.images[keep], src.labels[keep]
   c = config
   c.diffusion.num_timesteps = 1000   # tiny.py's T=50 never reaches noise
   c.sampling.sampler, c.sampling.num_steps = 'ddim', 20
@@ -210,18 +194,7 @@ def _train_two_digits(config, steps: int):
   c.training.learning_rate = 3e-3
   c.training.warmup_steps = 20
   c.training.ema_decay = 0.99
-  setup, state = step_lib.init_train_state(c)
-  mesh = sharding.make_mesh()
-  state = sharding.replicate(state, mesh)
-  step = step_lib.make_train_step(setup, mesh)
-  batches = data_lib.Batches(data_lib.ArraySource(images, labels), 32, seed=0)
-  for i in range(steps):
-    state, metrics = step(state, sharding.shard_batch(batches.batch(i), mesh))
-    jax.block_until_ready(metrics)
-  classify = zero_one_classifier(np.asarray(data_lib.preprocess(
-      jnp.asarray(images), 8, False, None)), labels)
-  pipe = Pipeline(c, setup.eps_apply, state.ema_params, mesh, steps)
-  return pipe, classify
+  return train_zero_one(c, steps)
 
 
 @pytest.mark.slow
@@ -229,7 +202,7 @@ def test_a_trained_text_model_follows_prompts_and_negative_prompts(text_config):
   """300 steps on the 0s and 1s: prompts in either language draw the digit
   they name (judged by a classifier of real images; chance 0.5), and a
   negative prompt naming the 1 draws fewer 1s. Held-out templates need a
-  larger model and longer training: the README measures them."""
+  larger model and longer training: docs/results/text.md measures them."""
   # At this size the mean pools the prompt better than attention: 300 steps,
   # prompts right 0.73-0.88 against 0.64-0.73 (two seeds each, measured).
   text_config.model.text_pool = 'mean'

@@ -15,8 +15,7 @@ from flax import nnx
 
 from ddpm_jax import options
 from ddpm_jax.models.layers import (AttnBlock, Downsample, GroupNorm, ResBlock,
-                                    Upsample, default_init, split_params,
-                                    zero_init)
+                                    Upsample, default_init, zero_init)
 from ddpm_jax.models.text import (AttentionPool, TextEncoder, TransformerBlock,
                                   mean_pool)
 
