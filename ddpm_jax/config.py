@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text_conv = 5           # width of a byte convolution before the encoder (0: none)
   c.model.cross_attn_resolutions = ()
   c.model.text_pool = 'attention'  # one vector for the prompt, added to the time
-                                   # embedding: 'attention', 'mean' or ''
+                                   # embedding (options.TEXT_POOLS; '': none)
 
   # 'diffusion' trains the UNet; 'autoencoder' trains the KL autoencoder of
   # the `autoencoder` section (for latent diffusion), with the same loop.
@@ -101,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 1e-4   # linear and sigmoid only: the cosine
   c.diffusion.beta_end = 0.02     # schedule is defined by its ᾱ alone
-  c.diffusion.prediction = 'eps'  # what the UNet predicts: 'eps', 'x0' or 'v'
+  c.diffusion.prediction = 'eps'  # what the UNet predicts (options.PREDICTIONS)
   c.diffusion.loss_weighting = 'none'  # or 'min_snr' (Hang et al., 2023)
   c.diffusion.min_snr_gamma = 5.0
 

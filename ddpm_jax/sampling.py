@@ -23,6 +23,23 @@ from ddpm_jax.schedules import Schedule
 from ddpm_jax.xla_options import compiler_options
 
 
+def seed_key(seed: int) -> jax.Array:
+  """The random key of any Python integer seed. Seeds in [0, 2^32) give
+  `jax.random.key(seed)`; any other seed folds its sign and every further
+  32-bit word in, so distinct seeds give distinct keys (`key` alone wraps
+  them modulo 2^32)."""
+  seed = int(seed)
+  if 0 <= seed < 2 ** 32:
+    return jax.random.key(seed)
+  n = abs(seed)
+  key = jax.random.fold_in(jax.random.key(n & 0xFFFFFFFF), 1 if seed < 0 else 2)
+  n >>= 32
+  while n:
+    key = jax.random.fold_in(key, n & 0xFFFFFFFF)
+    n >>= 32
+  return key
+
+
 def replace_known(s: Schedule, x: jax.Array, known_x0: jax.Array,
                   known_mask: jax.Array, i: jax.Array, noise: jax.Array
                   ) -> jax.Array:

@@ -92,3 +92,20 @@ def test_the_rules_catch_a_violation(tmp_path):
   bad.write_text('from ddpm_jax import checkpoint, train\nimport orbax.checkpoint\n')
   assert _ours(_imports(bad)) == {'checkpoint', 'train'}
   assert 'orbax.checkpoint' in _imports(bad)
+
+
+def test_every_option_list_is_written_once():
+  """Each tuple of options.py is spelled out nowhere else in the package:
+  validation, registries and flags read it."""
+  from ddpm_jax import options
+  lists = [v for k, v in vars(options).items() if k.isupper()
+           and isinstance(v, tuple) and len(v) > 1 and all(isinstance(x, str) for x in v)]
+  assert len(lists) >= 10
+  for path in PKG.rglob('*.py'):
+    if path.name == 'options.py':
+      continue
+    text = path.read_text()
+    for values in lists:
+      for quote in ("'", '"'):
+        spelled = ', '.join(f'{quote}{v}{quote}' for v in values[:2])
+        assert spelled not in text, f'{path.name} spells out {values}'

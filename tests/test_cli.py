@@ -281,3 +281,42 @@ def test_non_utf8_workdir_for_training_is_one_line(tmp_path):
                      timeout=300)
   _assert_one_line_error(r, 'is not a valid UTF-8 path')
   assert os.listdir(tmp_path) == []
+
+
+def test_help_lists_every_flag_of_the_command():
+  r = _run('train.py', '--help')
+  assert r.returncode == 0, r.stderr
+  for flag in ('--workdir', '--config', '--coordinator'):
+    assert flag in r.stdout, r.stdout
+  assert 'Trains a DDPM' in r.stdout
+  r = _run('sample.py', '--help')
+  assert r.returncode == 0, r.stderr
+  for flag in ('--num', '--sampler', '--prompt', '--outpaint', '--init-image',
+               '--guidance-scale', '--[no]overwrite'):
+    assert flag in r.stdout, r.stdout
+  assert 'dpm++2m' in r.stdout       # the enum's choices, from options.SAMPLERS
+  r = subprocess.run([sys.executable, '-m', 'ddpm_jax.cli.evaluate', '--help'],
+                     capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert '--bpd_images' in r.stdout and '--language' in r.stdout
+
+
+def test_sample_out_creates_its_folder_and_a_script_load_prints_nothing(
+    trained, tmp_path):
+  out = tmp_path / 'new' / 'deeper' / 's.png'
+  r = _run('sample.py', f'--workdir={trained}', '--num=2', f'--out={out}')
+  assert r.returncode == 0, r.stderr
+  assert out.is_file()
+  blocker = tmp_path / 'file'
+  blocker.write_text('keep')
+  r = _run('sample.py', f'--workdir={trained}', '--num=2',
+           f'--out={blocker}/s.png')
+  _assert_one_line_error(r, 'is not a directory')
+  assert blocker.read_text() == 'keep'
+  script = ('from ddpm_jax import load\n'
+            f'x = load({str(trained)!r}).sample(num=4)\n'
+            'print(x.shape)\n')
+  r = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                     text=True, cwd=tmp_path, timeout=300,
+                     env=dict(os.environ, PYTHONPATH=REPO))
+  assert r.returncode == 0, r.stderr
+  assert r.stdout == '(4, 8, 8, 1)\n' and r.stderr == '', (r.stdout, r.stderr)

@@ -175,7 +175,7 @@ def test_unknown_sampler_and_too_many_steps():
 def test_sampler_from_config_builds_every_configured_sampler(tiny_config, name):
   """The trainer's grid sampler comes from the config: any sampler name works
   (DDPM-only options such as var_type are passed to DDPM alone)."""
-  from ddpm_jax.config import sampler_from_config
+  from ddpm_jax.builders import sampler_from_config
   tiny_config.sampling.sampler = name
   tiny_config.sampling.num_steps = 5
   s = sampler_from_config(tiny_config)
@@ -276,7 +276,7 @@ def test_sigma_samplers_converge_with_their_order_on_a_gaussian():
 
 
 def test_sigma_sampler_options_and_bad_inputs(tiny_config):
-  from ddpm_jax.config import sampler_from_config
+  from ddpm_jax.builders import sampler_from_config
   tiny_config.sampling.num_steps = 5
   for name in options.SIGMA_SAMPLERS:
     assert sampler_from_config(tiny_config, name, spacing='karras').num_steps == 5

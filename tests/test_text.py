@@ -100,7 +100,7 @@ def test_a_text_config_is_checked(text_config):
       ('data.captions', 'birds', "data.captions='birds' is not one of"),
       ('model.text_max_len', 2, 'at least 3'),
       ('model.text_conv', -1, 'text_conv must be >= 0'),
-      ('model.text_pool', 'max', 'text_pool must be')]:
+      ('model.text_pool', 'max', "model.text_pool='max' is not one of")]:
     c = text_config.copy_and_resolve_references()
     section, name = field.split('.')
     c[section][name] = value

@@ -122,6 +122,8 @@ def run(main: Callable[[], object], positional: str | None = None,
   `positional`, bare arguments are taken as values of that flag; `spellings`
   maps the library's argument names to this command's flags."""
   _help_for(main.__module__)
+  if set(sys.argv[1:]) & {'-h', '-?', '--help', '--helpshort'}:
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's: 1
   if positional:
     sys.argv = [sys.argv[0]] + [a if a.startswith('-') else f'--{positional}={a}'
                                 for a in sys.argv[1:]]
