@@ -60,6 +60,8 @@ def save_grid(x_BHWC, path: str, nrow: int | None = None, scale: int = 2) -> Non
 def read_image(path: str, channels: int, what: str) -> np.ndarray:
   """A PNG/JPEG as float32 [H, W, C] in [-1, 1]; an unreadable, corrupt or
   huge file is one UserError."""
+  if os.path.isdir(path):
+    raise UserError(f'{what} {path} is a directory, not an image file')
   if not os.path.isfile(path):
     raise UserError(f'{what} {path} does not exist')
   try:

@@ -31,9 +31,11 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from ddpm_jax import builders
+from ddpm_jax import checks
 from ddpm_jax import config as config_lib
 from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
+from ddpm_jax import options
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sampling
 from ddpm_jax import sharding
@@ -109,7 +111,9 @@ class Pipeline:
     if not self.num_classes:
       raise UserError('labels need a class-conditional model '
                       '(model.class_conditional); this one is unconditional')
-    y = np.asarray(labels, np.int64).reshape(-1)
+    items = labels if isinstance(labels, (list, tuple, np.ndarray)) else [labels]
+    y = np.asarray([checks.integer('labels', v) for v in np.asarray(
+        items, dtype=object).reshape(-1)], np.int64)
     if y.size == 0 or num % y.size:
       raise UserError(f'{y.size} labels do not divide {num} images')
     if y.min() < 0 or y.max() >= self.num_classes:
@@ -155,22 +159,32 @@ class Pipeline:
                        num // len(prompts), axis=0)
     return y, y_null
 
-  def _image(self, x, num: int, what: str, any_size: bool = False
-             ) -> np.ndarray:
-    """[num, H, W, C] float32 of the model's shape (with `any_size`: of its
-    channel count), finite."""
-    x = np.asarray(x, np.float32)
+  def _batched(self, x: np.ndarray, given: tuple, num: int, name: str,
+               any_size: bool = False) -> np.ndarray:
+    """An image or mask from `checks` ([H, W, C] or [N, H, W, C]) as [num,
+    H, W, C] of the model's shape (with `any_size`: of its channel count); a
+    one-channel mask serves every channel. Errors give the shape as passed."""
+    h, w, c = self.image_shape
     if x.ndim == 3:
       x = np.broadcast_to(x[None], (num,) + x.shape)
-    want = (num,) + self.image_shape
-    ok = (x.shape == want if not any_size else
-          x.ndim == 4 and x.shape[0] == num and x.shape[3] == want[3])
-    if not ok:
-      raise UserError(f'{what} has shape {tuple(x.shape[1:])}, the model makes '
-                      f'{self.image_shape}')
-    if not np.all(np.isfinite(x)):
-      raise UserError(f'{what} holds non-finite values')
+    if x.shape[0] != num:
+      raise UserError(f'{name} has shape {given}: {x.shape[0]} images for '
+                      f'num={num} (give one image, or num of them)')
+    if name == 'mask' and x.shape[3] == 1 and c > 1:
+      x = np.broadcast_to(x, x.shape[:3] + (c,))
+    if x.shape[3] != c or (not any_size and x.shape[1:3] != (h, w)):
+      want = f'{h}x{w}' if not any_size else 'HxW'
+      raise UserError(f'{name} has shape {given}; this model takes {want} '
+                      f'images with {c} channel{"s" if c > 1 else ""}')
     return x
+
+  def _image(self, value, num: int, any_size: bool) -> np.ndarray:
+    x = checks.image('init_image', value, self.image_shape[2])
+    return self._batched(x, _shape_of(value), num, 'init_image', any_size)
+
+  def _mask(self, value, num: int) -> np.ndarray:
+    x = checks.mask('mask', value)
+    return self._batched(x, _shape_of(value), num, 'mask')
 
   def _factor(self) -> int:
     """What every side of an image must be a multiple of."""
@@ -207,10 +221,18 @@ class Pipeline:
               **sampler_options) -> SampleRequest:
     """Checks a sampling request against the model without touching its
     parameters; every check of `sample`'s arguments lives here."""
-    if num <= 0:
-      raise UserError(f'number of images must be positive, got {num}')
-    if batch_size is not None and batch_size <= 0:
-      raise UserError(f'batch size must be positive, got {batch_size}')
+    num = checks.integer('num', num, low=1)
+    seed = checks.integer('seed', seed)
+    sampler = checks.choice('sampler', sampler, options.SAMPLERS, optional=True)
+    num_steps = checks.integer('num_steps', num_steps, low=1, optional=True)
+    guidance_scale = checks.number('guidance_scale', guidance_scale,
+                                   optional=True)
+    strength = checks.number('strength', strength, low=0, high=1, optional=True)
+    paste_known = checks.boolean('paste_known', paste_known)
+    jumps = checks.integer('jumps', jumps, low=0)
+    capture_every = checks.integer('capture_every', capture_every, low=0)
+    batch_size = checks.integer('batch_size', batch_size, low=1, optional=True)
+    sampler_options = _sampler_options(sampler_options)
     kind = self.kind
     if labels is not None and prompt is not None:
       raise UserError('use labels or a prompt, not both')
@@ -243,8 +265,6 @@ class Pipeline:
       y = self._labels(labels, num)
       if y is None and kind.classes:
         y = np.full((num,), self.num_classes, np.int32)   # the null label
-    if strength is not None and not 0.0 <= strength <= 1.0:  # NaN fails too
-      raise UserError(f'strength must be in [0, 1], got {strength}')
     if (strength is not None or mask is not None or outpaint is not None
         ) and init_image is None:
       raise UserError('strength, mask and outpaint need an init image')
@@ -262,8 +282,8 @@ class Pipeline:
       raise UserError(problem)
     smp = self.sampler(name, num_steps, **sampler_options)  # checks the options
     x_init = None if init_image is None else self._image(
-        init_image, num, 'the init image', any_size=outpaint is not None)
-    m = None if mask is None else self._image(mask, num, 'the mask')
+        init_image, num, any_size=outpaint is not None)
+    m = None if mask is None else self._mask(mask, num)
     if outpaint is not None:
       x_init, m = self._outpaint(x_init, outpaint)
     shape = self._scan_shape(self.image_shape if x_init is None
@@ -298,7 +318,7 @@ class Pipeline:
     if self.params is None:
       raise RuntimeError('Pipeline.run before restore(): no parameters')
     scale = None if req.scale is None else jnp.float32(req.scale)
-    root = jax.random.key(req.seed)
+    root = sampling.seed_key(req.seed)
     xs, frames = [], []
     starts = range(0, req.num, req.batch)
     for k, i in enumerate(tqdm(starts, desc='sample', disable=not progress
@@ -337,6 +357,8 @@ class Pipeline:
     where the image was known instead of putting the originals back.
     batch_size= images per call (default: `default_batch`).
     """
+    return_frames = checks.boolean('return_frames', return_frames)
+    progress = checks.boolean('progress', progress)
     x, frames = self.run(self.request(num, seed, **kwargs), progress=progress)
     return (x, frames) if return_frames else x
 
@@ -353,6 +375,33 @@ class Pipeline:
         params = latent_lib.joint_params(params, ckpt.restore_params(
             self.step, 'autoencoder', ae_abstract, self.mesh))
     self.params = params
+
+
+def _shape_of(value) -> tuple:
+  """The shape of an image argument as the caller passed it."""
+  size = getattr(value, 'size', None)
+  if hasattr(value, 'mode') and isinstance(size, tuple):  # a PIL image
+    return (size[1], size[0])
+  return tuple(np.shape(value))
+
+
+def _sampler_options(opts: dict) -> dict:
+  """The samplers' keyword options, checked by type (builders checks that the
+  sampler takes them)."""
+  out = {}
+  for key, value in opts.items():
+    if key == 'eta':
+      out[key] = checks.number('eta', value, low=0)
+    elif key == 'clip_x0':
+      out[key] = checks.boolean('clip_x0', value)
+    elif key == 'spacing':
+      out[key] = checks.choice('spacing', value, options.SPACINGS)
+    elif key == 'var_type':
+      out[key] = checks.choice('var_type', value, options.VAR_TYPES)
+    else:
+      raise UserError(f'unknown argument {key}=; a sampler takes eta, clip_x0, '
+                      'spacing or var_type')
+  return out
 
 
 def _pad_to(a: np.ndarray, n: int) -> np.ndarray:
@@ -373,6 +422,14 @@ def open_pipeline(workdir: str, step: int | None = None,
                   mesh: Mesh | None = None) -> Pipeline:
   """A Pipeline with the checkpoint's config and no parameters yet: every
   request can be checked before the (slow) restore."""
+  workdir = checks.path('workdir', workdir)
+  step = checks.integer('step', step, low=0, optional=True)
+  if mesh is not None and not isinstance(mesh, Mesh):
+    raise UserError(f'mesh must be a jax.sharding.Mesh or None, got '
+                    f'{type(mesh).__name__}')
+  if not os.path.isdir(workdir):
+    raise UserError(f'workdir {workdir} does not exist' if not os.path.exists(
+        workdir) else f'workdir {workdir} is not a directory')
   step, config = read_config(workdir, step)
   kind = config_lib.model_kind(config)
   if kind.autoencoder:
@@ -392,6 +449,7 @@ def load(workdir: str, step: int | None = None, use_ema: bool = True,
          mesh: Mesh | None = None) -> Pipeline:
   """Restores the checkpoint at `step` (default: latest) of a workdir: its
   config and its EMA (or, with use_ema=False, raw) parameters only."""
+  use_ema = checks.boolean('use_ema', use_ema)
   pipe = open_pipeline(workdir, step, mesh)
   pipe.restore(workdir, use_ema)
   return pipe
@@ -414,6 +472,10 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   written to a temporary name first and renamed over its target only when
   all succeeded, so a failed run replaces nothing; an existing file is
   replaced only with `overwrite=True`. Returns the written paths."""
+  out = checks.path('out', out)
+  num = checks.integer('num', num, low=1)
+  seed = checks.integer('seed', seed)
+  checkpoint = checks.integer('checkpoint', checkpoint, low=0, optional=True)
   if not out.lower().endswith('.png'):
     raise UserError(f'the output file must end in .png, got {out}')
   stem = os.path.splitext(out)[0]
@@ -422,8 +484,6 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
     _check_writable(p)
     if os.path.exists(p) and not overwrite:
       raise UserError(f'{p} exists; pass overwrite=True to replace it')
-  if not os.path.isdir(workdir):
-    raise UserError(f'workdir {workdir} does not exist')
   pipe = open_pipeline(workdir, checkpoint)
   nrow = None
   if labels is not None and len(labels) > 1 and num % len(labels) == 0:
@@ -442,9 +502,8 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   x_init = (images_lib.read_image(init_image, c, 'the init image')
             if init_image else None)
   m = None
-  if mask:
+  if mask:   # white (above mid-grey) regenerates
     m = (images_lib.read_image(mask, 1, 'the mask') > 0.0).astype(np.float32)
-    m = np.broadcast_to(m, m.shape[:2] + (c,))
   capture = 0
   if gif:  # about 50 frames
     steps = pipe.sampler(sample_kwargs.get('sampler'),

@@ -133,7 +133,7 @@ def run_recipe(name: str, overrides: dict, budget: float, root: str, num: int,
   timer = threading.Timer(budget, stop.set)
   t0 = time.time()
   timer.start()
-  summary = train(config, workdir, progress=False, sigterm=stop)
+  summary = train(config, workdir, progress=False, stop=stop)
   timer.cancel()
   wall = time.time() - t0
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:

@@ -116,7 +116,7 @@ def test_sample_missing_step_and_bad_num(trained, tmp_path):
   r = _run('sample.py', f'--workdir={trained}', '--checkpoint=4', f'--out={tmp_path / "s.png"}')
   _assert_one_line_error(r, 'no checkpoint for step 4')
   r = _run('sample.py', f'--workdir={trained}', '--num=0', f'--out={tmp_path / "s.png"}')
-  _assert_one_line_error(r, 'number of images must be positive')
+  _assert_one_line_error(r, '--num must be an integer >= 1, got 0')
   assert not list(tmp_path.iterdir())
 
 
@@ -223,18 +223,21 @@ def test_sample_bad_inputs_are_one_line_before_sampling(trained, tmp_path):
       (['--prompt=a one'], 'prompts need a text-conditioned model'),
       (['--label=1', '--prompt=a one'], 'labels or a prompt, not both'),
       ([f'--prompt-file={latin1}'], 'is not UTF-8 text (byte 11)'),
-      (['--guidance-scale=nan'], 'guidance scale'),
+      (['--guidance-scale=nan'], '--guidance-scale must be a finite number, got nan'),
       (['--sampler=ddim', '--eta=nan'], 'eta must be a finite number'),
       (['--sampler=ddim', '--eta=-1'], 'eta must be a finite number'),
-      (['--steps=0'], 'number of steps must be in [1, 50], got 0'),
+      (['--steps=0'], '--steps must be an integer >= 1, got 0'),
+      (['--steps=51'], 'number of steps must be in [1, 50], got 51'),
+      (['--seed=-99999999999999999999999', '--jumps=-1'], '--jumps must be an integer >= 0'),
       ([f'--init-image={corrupt}', '--strength=0.5'], 'not a readable image'),
       ([f'--init-image={huge}', '--strength=0.5'], 'not a readable image'),
-      ([f'--init-image={good}', '--strength=nan'], 'strength must be in [0, 1]'),
+      ([f'--init-image={good}', '--strength=nan'], '--strength must be a finite number in [0, 1], got nan'),
       ([f'--init-image={good}', '--outpaint=2,2,2'], '--outpaint takes four integers'),
       ([f'--init-image={good}', '--outpaint=2,2,2,x'], '--outpaint takes four integers'),
       ([f'--init-image={good}', '--outpaint=-2,2,2,2'], 'must be non-negative'),
       ([f'--init-image={good}', '--outpaint=1,0,0,0'], 'the nearest size that works'),
       (['--outpaint=2,2,2,2'], 'need an init image'),
+      ([f'--init-image={tmp_path}', '--strength=0.5'], 'is a directory, not an image file'),
       ([f'--out={tmp_path / "adir.png"}'], 'is a directory'),
       (['--out=/proc/out.png'], 'output directory /proc is not writable'),  # even as root
   ]

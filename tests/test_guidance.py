@@ -69,11 +69,11 @@ def test_inpainting_keeps_the_known_pixels(tiny_config):
 @pytest.mark.parametrize('kwargs, message', [
     (dict(guidance_scale=2.0, labels=[1]), 'needs a class- or text-conditioned model'),
     (dict(labels=[1]), 'labels need a class-conditional model'),
-    (dict(strength=1.5, init_image=np.zeros((8, 8, 1))), r'strength must be in \[0, 1\]'),
-    (dict(init_image=np.zeros((8, 8, 1)), mask=np.zeros((6, 6, 1))), 'the mask has shape'),
-    (dict(init_image=np.zeros((9, 9, 1)), strength=0.5), 'the init image has shape'),
+    (dict(strength=1.5, init_image=np.zeros((8, 8, 1))), r'strength must be a finite number in \[0, 1\]'),
+    (dict(init_image=np.zeros((8, 8, 1)), mask=np.zeros((6, 6, 1))), 'mask has shape'),
+    (dict(init_image=np.zeros((9, 9, 1)), strength=0.5), 'init_image has shape'),
     (dict(num_steps=51), r'must be in \[1, 50\]'),
-    (dict(sampler='euler_b'), 'unknown sampler'),
+    (dict(sampler='euler_b'), 'sampler must be one of'),
     (dict(mask=np.zeros((8, 8, 1))), 'need an init image'),
     (dict(outpaint=(2, 2, 2, 2)), 'need an init image'),
     (dict(init_image=np.zeros((8, 8, 1)), outpaint=(2, -2, 2, 2)),
@@ -148,7 +148,7 @@ def test_sampling_in_batches(cond_config):
   b = pipe.sample(num=2, **{**kw, 'labels': [1, 2]})
   np.testing.assert_array_equal(a[:2], b)
   assert not np.allclose(a[2:4], b)
-  with pytest.raises(UserError, match='batch size must be positive'):
+  with pytest.raises(UserError, match='batch_size must be an integer >= 1'):
     pipe.sample(num=2, batch_size=0)
 
 
@@ -226,3 +226,75 @@ def test_outpainting_an_image_of_another_size_with_jumps(tiny_config):
                     outpaint=(1, 1, 1, 1), jumps=1)
   assert out.shape == (1, 12, 16, 1)
   np.testing.assert_array_equal(out[0, 1:11, 1:15], x)
+
+
+_WRONG = [  # (argument, a wrong type, a wrong value) of Pipeline.sample
+    ('num', 2.5, 0), ('seed', 'a', None), ('sampler', 3, 'plms'),
+    ('num_steps', 2.7, 0), ('labels', [1.5], [10]), ('guidance_scale', '2', float('nan')),
+    ('strength', '0.5', 1.5), ('eta', 'x', -1.0), ('clip_x0', 'no', None),
+    ('spacing', 1, 'karas'), ('jumps', 1.5, -1), ('capture_every', 1.5, -1),
+    ('batch_size', 1.5, 0), ('paste_known', 'yes', None),
+    ('return_frames', 1, None), ('init_image', 'digit.png', np.full((8, 8), 2.0)),
+    ('mask', 'mask.png', -np.ones((8, 8)))]
+
+
+@pytest.mark.parametrize('name, wrong_type, wrong_value', _WRONG,
+                         ids=[w[0] for w in _WRONG])
+def test_every_argument_is_checked_by_type_and_range(cond_config, name, wrong_type,
+                                                     wrong_value):
+  pipe = _pipeline(cond_config)
+  base = dict(num=2, sampler='ddim', num_steps=2)
+  if name in ('strength', 'init_image'):
+    base.update(init_image=np.zeros((8, 8, 1), np.float32), strength=0.5)
+  if name in ('mask', 'jumps', 'paste_known'):
+    base.update(init_image=np.zeros((8, 8, 1), np.float32),
+                mask=np.ones((8, 8, 1), np.float32))
+  if name == 'labels':
+    base['guidance_scale'] = 2.0
+  for value in (wrong_type, wrong_value):
+    if value is None:
+      continue
+    with pytest.raises(UserError, match=rf'^{name} (must|has)') as e:
+      pipe.sample(**{**base, name: value})
+    assert '\n' not in str(e.value)
+
+
+def test_load_checks_its_arguments(tmp_path):
+  from ddpm_jax.pipeline import load
+  for kwargs, message in [(dict(workdir=None), 'workdir must be a path'),
+                          (dict(workdir=str(tmp_path), step='3'), 'step must be an integer'),
+                          (dict(workdir=str(tmp_path), step=-1), 'step must be an integer >= 0'),
+                          (dict(workdir=str(tmp_path), use_ema='no'), 'use_ema must be True or False'),
+                          (dict(workdir=str(tmp_path / 'x')), 'does not exist')]:
+    with pytest.raises(UserError, match=message):
+      load(**kwargs)
+
+
+def test_uint8_and_pil_inputs_work_like_their_float_forms(tiny_config):
+  from PIL import Image
+  pipe = _pipeline(tiny_config)
+  u8 = np.random.default_rng(0).integers(0, 256, (8, 8, 1), dtype=np.uint8)
+  as_float = u8.astype(np.float32) / 127.5 - 1.0
+  kw = dict(num=2, seed=1, sampler='ddim', num_steps=4)
+  mask_u8 = np.zeros((8, 8), np.uint8)
+  mask_u8[:, 4:] = 255
+  want = pipe.sample(init_image=as_float, mask=(mask_u8 / 255.0)[..., None], **kw)
+  np.testing.assert_array_equal(pipe.sample(init_image=u8, mask=mask_u8, **kw), want)
+  np.testing.assert_array_equal(
+      pipe.sample(init_image=Image.fromarray(u8[..., 0]),
+                  mask=Image.fromarray(mask_u8), **kw), want)
+  # the known pixels come back as given (uint8 0..255 -> [-1, 1])
+  np.testing.assert_array_equal(want[:, :, :4], np.broadcast_to(as_float[:, :4], (2, 8, 4, 1)))
+  with pytest.raises(UserError, match=r'init_image has shape \(8, 6\); this model takes 8x8'):
+    pipe.sample(init_image=np.zeros((8, 8), np.float32)[:, :6], strength=0.5, num=1)
+  with pytest.raises(UserError, match=r'init_image has shape \(3, 8, 8, 1\): 3 images for num=2'):
+    pipe.sample(init_image=np.zeros((3, 8, 8, 1), np.float32), strength=0.5, num=2)
+
+
+def test_distinct_seeds_give_distinct_images(tiny_config):
+  pipe = _pipeline(tiny_config)
+  kw = dict(num=1, sampler='ddim', num_steps=3)
+  images = [pipe.sample(seed=s, **kw) for s in (0, 2 ** 32, -1, 2 ** 32 - 1, 10 ** 30)]
+  for i in range(len(images)):
+    for j in range(i):
+      assert not np.array_equal(images[i], images[j]), (i, j)

@@ -1,5 +1,7 @@
-"""The training loop's guards: NaN stop/skip, the workdir lock, SIGTERM."""
+"""The training loop's guards: NaN stop/skip, the workdir lock, SIGTERM and
+Ctrl-C."""
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +19,7 @@ from ddpm_jax.pipeline import load
 
 
 
-def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path):
+def test_sigterm_checkpoints_and_exits_143_then_resumes(tmp_path):
   wd = tmp_path / 'wd'
   args = [sys.executable, os.path.join(REPO, 'train.py'),
           f'--config={os.path.join(REPO, "configs", "tiny.py")}', f'--workdir={wd}',
@@ -31,36 +33,112 @@ def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path):
     time.sleep(0.5)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=240)
-  assert proc.returncode == 0, err
-  assert 'stopped by SIGTERM' in out
+  assert proc.returncode == 143, err
   steps = [int(s) for s in os.listdir(wd / 'checkpoints')]
   assert len(steps) == 1 and steps[0] >= 3
-  r = subprocess.run(args[:-3] + [f'--config.training.num_steps={steps[0] + 2}'],
+  assert out.strip().endswith(f'stopped by SIGTERM: saved the checkpoint of step '
+                              f'{steps[0]}; run the same command to resume')
+  # Without --config: the run's own config (tiny.py, not the default
+  # mnist.py), with the override checked against it.
+  r = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'),
+                      f'--workdir={wd}', f'--config.training.num_steps={steps[0] + 2}'],
                      capture_output=True, text=True, timeout=240)
   assert r.returncode == 0, r.stderr
   assert f'resuming from checkpoint at step {steps[0]}' in r.stdout
   assert f'done: step {steps[0] + 2}' in r.stdout
+  r = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'),
+                      f'--workdir={wd}', '--config.training.batch_size=16'],
+                     capture_output=True, text=True, timeout=240)
+  assert r.returncode == 2 and 'training.batch_size is 8 in the checkpoint' in r.stderr
 
 
-def test_sigterm_while_starting_exits_zero(tmp_path):
-  """SIGTERM during imports, restore or compile: a clean exit 0, no step lost."""
+def _interrupt(args, when=None, *, signals=(signal.SIGINT,), wait_for=None):
+  """Starts train.py, waits `when` seconds or until `wait_for(proc)` holds,
+  sends `signals` one second apart; returns (returncode, stdout, stderr)."""
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  t0 = time.time()
+  while time.time() - t0 < 240 and not (wait_for(proc) if wait_for else
+                                        time.time() - t0 >= when):
+    time.sleep(0.1)
+  for i, sig in enumerate(signals):
+    if i:
+      time.sleep(1.0)
+    proc.send_signal(sig)
+  out, err = proc.communicate(timeout=240)
+  return proc.returncode, out, err
+
+
+def _saved_steps(wd) -> list[int]:
+  d = wd / 'checkpoints'
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if d.exists() else []
+
+
+def _lock_is_free(wd) -> bool:
+  import fcntl
+  fd = os.open(wd / 'train.lock', os.O_RDWR)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+  except BlockingIOError:
+    return False
+  finally:
+    os.close(fd)
+
+
+def test_ctrl_c_in_every_phase_saves_what_finished_and_exits_130(tmp_path):
+  """SIGINT while starting (imports, restore, compile), while steps, grids
+  and checkpoint writes run, and twice (stop now): exit 130, one line, the
+  lock released, no crash; a step that finished is saved."""
   wd = tmp_path / 'wd'
   args = [sys.executable, os.path.join(REPO, 'train.py'),
-          f'--config={os.path.join(REPO, "configs", "tiny.py")}', f'--workdir={wd}']
-  r = subprocess.run(args, capture_output=True, text=True, timeout=240)
-  assert r.returncode == 0, r.stderr           # a checkpoint at step 6 to restore
-  for delay in (0.5, 2.0):
-    proc = subprocess.Popen(args + ['--config.training.num_steps=12'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGTERM)
-    t0 = time.time()
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err
-    assert 'stopped by SIGTERM' in out
-    print(f'SIGTERM {delay} s after start: exit 0 after {time.time() - t0:.1f} s')
-  steps = sorted(int(s) for s in os.listdir(wd / 'checkpoints'))
-  assert steps[-1] >= 6
+          f'--config={os.path.join(REPO, "configs", "tiny.py")}', f'--workdir={wd}',
+          '--config.training.num_steps=100000', '--config.training.log_every=1',
+          '--config.training.checkpoint_every=2', '--config.training.sample_every=3',
+          '--config.training.num_sample_images=4']
+  metrics = wd / 'metrics.jsonl'
+
+  def holds_lock(proc):   # started: past imports and flag parsing
+    lock = wd / 'train.lock'
+    return lock.exists() and lock.read_text().split()[:1] == [str(proc.pid)]
+
+  def trained(n):         # n rows logged by this process (it rewrites the file)
+    def ready(proc):
+      if not (holds_lock(proc) and metrics.exists()):
+        return False
+      rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+      done = max(_saved_steps(wd), default=0)
+      return sum(r['step'] > done for r in rows) >= n
+    return ready
+
+  cases = [dict(when=3.0),                                  # imports
+           dict(wait_for=holds_lock),                       # restore, compile
+           dict(wait_for=trained(4)),                       # steps, grids, saves
+           dict(wait_for=trained(2),                        # stop now
+                signals=(signal.SIGINT, signal.SIGINT))]
+  for case in cases:
+    before = _saved_steps(wd)
+    rc, out, err = _interrupt(args, **case)
+    assert rc == 130, (case, out, err[-2000:])
+    assert 'Segmentation' not in err and 'Traceback' not in err, err[-2000:]
+    lines = [l for l in out.splitlines() if l.startswith(('stopped', 'error'))] + [
+        l for l in err.splitlines() if l.startswith('error')]
+    assert len(lines) == 1, (out, err[-2000:])
+    if lines[0].startswith('stopped by SIGINT: saved the checkpoint of step'):
+      step = int(lines[0].split('step ')[1].split(';')[0])
+      assert step in _saved_steps(wd)
+      assert step > (before[-1] if before else 0)
+    else:
+      assert lines[0] in ('error: interrupted',
+                          'error: interrupted again; stopped without saving') or lines[0].startswith(
+          'stopped by SIGINT: nothing trained since step'), lines[0]
+    if (wd / 'train.lock').exists():
+      assert _lock_is_free(wd)
+  # the run goes on from the newest checkpoint, with each step logged once
+  r = subprocess.run(args[:-5] + [f'--config.training.num_steps={_saved_steps(wd)[-1] + 1}'],
+      capture_output=True, text=True, timeout=240)
+  assert r.returncode == 0, r.stderr
+  steps = [json.loads(l)['step'] for l in metrics.read_text().splitlines()]
+  assert steps == sorted(set(steps)), steps
 
 
 def test_short_bfloat16_run_has_no_nans(tiny_config):

@@ -34,7 +34,7 @@ def _holder(workdir, seconds):
 def test_a_live_trainer_blocks_a_second_one(tmp_path):
   holder = _holder(tmp_path, 60)
   assert holder.stdout.readline().strip() == 'held'
-  with pytest.raises(runtime.TrainingError, match=f'pid host: {holder.pid} '):
+  with pytest.raises(runtime.TrainingError, match=f'pid {holder.pid} on host '):
     runtime.WorkdirLock(str(tmp_path)).acquire()
   holder.kill()
   holder.wait()

@@ -139,5 +139,10 @@ def run(main: Callable[[], object], positional: str | None = None,
         raise
       fail(spell(str(e), spellings or {}))
     except KeyboardInterrupt:
-      fail('interrupted', 130)
+      # Exit at once: an interpreter shutting down while XLA's or Orbax's
+      # threads still run can crash. Files are written atomically, and the
+      # lock and checkpoint were closed on the way here.
+      sys.stdout.flush()
+      print('error: interrupted', file=sys.stderr, flush=True)
+      os._exit(130)
   app.run(wrapper, flags_parser=parse_flags)

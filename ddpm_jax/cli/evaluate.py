@@ -52,7 +52,7 @@ def main() -> None:
 
 
 # The library's argument names, as this command's flags.
-SPELLINGS = {'bpd_images': '--bpd_images', 'num_steps': '--steps',
+SPELLINGS = {'num': '--num', 'seed': '--seed', 'bpd_images': '--bpd_images', 'num_steps': '--steps',
              'inception_weights': '--inception_weights', 'batch_size': '--batch',
              'guidance_scale': '--guidance-scale'}
 

@@ -131,7 +131,8 @@ def main() -> None:
 
 
 # The library's argument names, as this command's flags.
-SPELLINGS = {'overwrite=True': '--overwrite', 'init_image': '--init-image',
+SPELLINGS = {'num': '--num', 'seed': '--seed',
+             'overwrite=True': '--overwrite', 'init_image': '--init-image',
              'num_steps': '--steps', 'batch_size': '--batch',
              'guidance_scale': '--guidance-scale', 'jumps': '--jumps',
              'negative_prompt': '--negative-prompt', 'strength': '--strength',

@@ -3,12 +3,19 @@
   python train.py [--config configs/X.py] [--workdir DIR] [--config.a.b=v ...]
   python -m ddpm_jax.cli.train ...          (the same command)
 
-Running the same command again with the same workdir resumes from the latest
-checkpoint.
+Running it again with the same workdir resumes from the latest checkpoint;
+without --config it resumes with the config stored in that checkpoint (and
+any --config.a.b=v overrides, checked as on every resume).
+
+Exit status: 0 finished; 130 stopped by Ctrl-C (SIGINT) and 143 by SIGTERM,
+after saving the last finished step (run the same command to resume; a
+second Ctrl-C stops at once without saving); 2 a mistake in the input (one
+`error:` line); 1 any other failure.
 """
 
 import os
 import signal
+import sys
 import threading
 
 from absl import flags
@@ -30,7 +37,39 @@ _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'], 'Cross-process collectives on CPU.')
 
 
-_SIGTERM = threading.Event()  # set by a SIGTERM from the moment run() starts
+# Set by the first SIGTERM or SIGINT from the moment run() starts (the name
+# in .signal_name); training saves its last finished step and returns.
+_STOP = threading.Event()
+_STOP.signal_name = None
+
+
+def _on_signal(signum, frame) -> None:
+  if signum == signal.SIGINT and _STOP.is_set():  # a second Ctrl-C: stop now
+    os.write(2, b'error: interrupted again; stopped without saving\n')
+    os._exit(130)
+  _STOP.signal_name = signal.Signals(signum).name
+  _STOP.set()
+
+
+def _config(workdir: str | None):
+  """The --config file's config; or, when --config is not given and the
+  workdir holds a checkpoint, the config stored there with the
+  --config.a.b=v overrides applied."""
+  config = _CONFIG.value
+  if flags.FLAGS['config'].present or not workdir or not os.path.isdir(
+      os.path.join(workdir, 'checkpoints')):
+    return config
+  from ml_collections import config_flags
+  from ddpm_jax.checkpoint import Checkpointer
+  from ddpm_jax.config import config_from_dict
+  with Checkpointer(workdir, read_only=True) as ckpt:
+    if ckpt.latest_step() is None:
+      return config
+    _, meta = ckpt.read_meta()
+  stored = config_from_dict(meta['config'])
+  stored.update_from_flattened_dict(
+      config_flags.get_override_values(flags.FLAGS['config']))
+  return stored
 
 
 def main() -> None:
@@ -42,17 +81,25 @@ def main() -> None:
                                  _PROCESS_ID.value, _DISTRIBUTED.value)
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', os.path.splitext(os.path.basename(common.config_path()))[0])
-  summary = loop.train(_CONFIG.value, workdir, sigterm=_SIGTERM)
+  config = _config(_WORKDIR.value)
+  summary = loop.train(config, workdir, stop=_STOP)
   if jax.process_index() == 0:
-    print(finish_message(_CONFIG.value, workdir, summary))
+    print(finish_message(config, workdir, summary), flush=True)
+  if summary['preempted']:
+    sys.exit(runtime.EXIT_STATUS[summary['signal']])
 
 
 def finish_message(config, workdir: str, summary: dict) -> str:
   """What the run did, where its images are, and the command to run next."""
   from ddpm_jax.config import model_kind
   kind = model_kind(config)
-  status = 'stopped by SIGTERM' if summary['preempted'] else 'done'
-  lines = [f"{status}: step {summary['step']}, final loss "
+  if summary['preempted']:
+    saved = (f"saved the checkpoint of step {summary['step']}"
+             if summary['steps_run'] else
+             f"nothing trained since step {summary['step']}")
+    return (f"stopped by {summary['signal']}: {saved}; run the same command "
+            'to resume')
+  lines = [f"done: step {summary['step']}, final loss "
            f"{summary['final_loss']:.4f}, {summary['wall_time_s']:.0f} s"]
   if config.training.num_sample_images:
     what = 'reconstructions' if kind.autoencoder else 'samples'
@@ -69,9 +116,10 @@ def finish_message(config, workdir: str, summary: dict) -> str:
 
 
 def run() -> None:
-  # Before flag parsing and the slow imports: a SIGTERM while starting is
-  # kept, and train() ends with exit 0 before its first step.
-  signal.signal(signal.SIGTERM, lambda *_: _SIGTERM.set())
+  # Before flag parsing and the slow imports: a signal while starting is
+  # kept, and train() returns before its first step.
+  signal.signal(signal.SIGTERM, _on_signal)
+  signal.signal(signal.SIGINT, _on_signal)
   common.run(main)
 
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import captions
+from ddpm_jax import checks
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax import options
@@ -105,10 +106,12 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
              ref_images: int | None = None, bpd_images: int = 0,
              language: str = 'en', progress: bool = True) -> tuple[dict, str]:
   """Returns (the report, the path it was written to)."""
-  if num < 2:
-    raise UserError(f'the number of samples must be at least 2, got {num}')
-  if bpd_images < 0:
-    raise UserError(f'bpd_images must be >= 0, got {bpd_images}')
+  workdir = checks.path('workdir', workdir)
+  num = checks.integer('num', num, low=2)
+  seed = checks.integer('seed', seed)
+  bpd_images = checks.integer('bpd_images', bpd_images, low=0)
+  checkpoint = checks.integer('checkpoint', checkpoint, low=0, optional=True)
+  language = checks.choice('language', language, options.LANGUAGES)
   step, config = read_config(workdir, checkpoint)
   if config_lib.model_kind(config).autoencoder:
     return evaluate_autoencoder(workdir, step)
@@ -128,9 +131,6 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
   labels = list(np.arange(num) % pipe.num_classes) if pipe.num_classes else None
   prompts = None
   if pipe.kind.text:
-    if language not in options.LANGUAGES:
-      raise UserError(f'language must be one of {list(options.LANGUAGES)}, '
-                      f'got {language!r}')
     prompts, _ = captions.held_out_prompts(d.captions, language, num)
   conditional = pipe.kind.conditional
   if conditional and guidance_scale is None:

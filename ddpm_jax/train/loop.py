@@ -27,10 +27,14 @@ from ddpm_jax.train.runtime import (MetricsWriter, Preemption, TrainingError,
 
 
 def train(config, workdir: str, *, progress: bool = True,
-          sigterm: threading.Event | None = None) -> dict:
-  """Trains (or resumes) to `config.training.num_steps`; returns a summary.
-  `sigterm`: an event a command's own early SIGTERM handler sets."""
-  with Preemption(sigterm) as preempt:
+          stop: threading.Event | None = None) -> dict:
+  """Trains (or resumes) to `config.training.num_steps`; returns a summary:
+  'step', 'final_loss', 'steps_run', 'preempted' and 'signal' (the name of
+  the SIGTERM or SIGINT that stopped the run after saving its last finished
+  step, or None), 'num_params', 'skipped_steps', 'wall_time_s'. `stop`: the
+  event a command's own early signal handler sets; a command owns its
+  process, so a second Ctrl-C then ends it at once (runtime.Preemption)."""
+  with Preemption(stop, owns_process=stop is not None) as preempt:
     return _train(config, workdir, progress, preempt)
 
 
@@ -121,11 +125,9 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
   writer = MetricsWriter(workdir, is_main)
   start = int(jax.device_get(state.step))
   t0 = t_log = time.time()
-  if preempt.should_stop(start):  # SIGTERM while starting: nothing new to save
-    if is_main:
-      print(f'SIGTERM before the first step; nothing trained since step {start}',
-            flush=True)
-    return {'step': start, 'final_loss': float('nan'), 'preempted': True,
+  if preempt.should_stop(start):  # a signal while starting: nothing to save
+    return {'step': start, 'final_loss': float('nan'), 'steps_run': 0,
+            'preempted': True, 'signal': preempt.signal_name,
             'num_params': setup.num_params, 'skipped_steps': 0, 'wall_time_s': 0.0}
   writer.truncate_after(start)
   if is_main and start:
@@ -162,10 +164,7 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
     stop = preempt.should_stop(done)
     if done % t_cfg.checkpoint_every == 0 or last or stop:
       save(done)
-    if stop:  # SIGTERM: the step is finished and saved; exit 0
-      if is_main:
-        print(f'\nSIGTERM: saved a checkpoint at step {done}; run the same '
-              'command to resume', flush=True)
+    if stop:  # a signal: the step is finished and saved
       break
     if grid is not None and (
         (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last):
@@ -175,8 +174,10 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
                                              f'step_{done:07d}.png'), nrow=nrow)
   pbar.close()
   results.flush()
-  return {'step': int(jax.device_get(state.step)), 'final_loss': results.last_loss,
-          'preempted': preempt.requested, 'num_params': setup.num_params,
+  step = int(jax.device_get(state.step))
+  return {'step': step, 'final_loss': results.last_loss,
+          'steps_run': step - start, 'preempted': preempt.requested,
+          'signal': preempt.signal_name, 'num_params': setup.num_params,
           'skipped_steps': results.skipped, 'wall_time_s': time.time() - t0}
 
 

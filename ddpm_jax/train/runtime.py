@@ -1,5 +1,5 @@
 """What a training process needs around the loop: the workdir and its lock,
-SIGTERM, the metrics file, and multi-host start-up."""
+SIGTERM and SIGINT, the metrics file, and multi-host start-up."""
 
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ class WorkdirLock:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      owner = os.read(fd, 256).decode(errors='replace').strip() or '?'
+      owner = os.read(fd, 256).decode(errors='replace').split()
       os.close(fd)
-      raise TrainingError(f'another trainer (pid host: {owner}) is using this '
-                          'workdir; stop it first') from None
+      who = (f'pid {owner[0]} on host {owner[1]}' if len(owner) == 2
+             else 'pid unknown')
+      raise TrainingError(f'another trainer ({who}) is using this workdir; '
+                          'stop it first') from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'{os.getpid()} {socket.gethostname()}\n'.encode(), 0)
     self._fd = fd
@@ -66,33 +68,62 @@ class WorkdirLock:
       self._fd = None
 
 
+# The exit status of a run stopped by a signal (after saving where a step
+# had finished): 128 + the signal's number, as shells report it.
+EXIT_STATUS = {'SIGINT': 130, 'SIGTERM': 143}
+
+
 class Preemption:
-  """SIGTERM as a flag the loop checks after each step.
+  """SIGTERM and SIGINT (Ctrl-C) as a flag the loop checks after each step:
+  it saves the finished step, releases the workdir and returns, so no
+  exception ever unwinds through a compile or a checkpoint write. A second
+  SIGINT stops at once, without saving: it raises KeyboardInterrupt, or, in
+  a command (`owns_process`), ends the process with status 130 (the kernel
+  releases the workdir lock; a half-written checkpoint is never read).
 
-  On one process a Python handler sets the flag. On several, the handler
-  that `jax.distributed` installs must stay in place: it tells the
+  On one process Python handlers set the flag. On several, the SIGTERM
+  handler that `jax.distributed` installs must stay in place: it tells the
   coordination service, and every process then stops at the same step
-  through `reached_preemption_sync_point`.
+  through `reached_preemption_sync_point`; SIGINT keeps Python's default
+  there (one host cannot stop the others at an agreed step).
 
-  `event` may be one a command set from its own early handler, so a SIGTERM
-  during start-up (imports, restore, compile) is not lost.
+  `event` may be one a command set from its own early handler (with the
+  signal's name in `event.signal_name`), so a signal during start-up
+  (imports, restore, compile) is not lost.
   """
 
-  def __init__(self, event: threading.Event | None = None):
+  def __init__(self, event: threading.Event | None = None,
+               owns_process: bool = False):
     self.event = event or threading.Event()
-    self._old = None
+    self.owns_process = owns_process
+    if not hasattr(self.event, 'signal_name'):
+      self.event.signal_name = None
+    self._old = {}
     self._multi = jax.process_count() > 1
 
   @property
   def requested(self) -> bool:
     return self.event.is_set()
 
+  @property
+  def signal_name(self) -> str | None:
+    return self.event.signal_name
+
   def __enter__(self):
-    if not self._multi and threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+    if threading.current_thread() is threading.main_thread():
+      signals = ([signal.SIGINT] if self._multi else
+                 [signal.SIGTERM, signal.SIGINT])
+      for sig in signals:
+        handler = (signal.default_int_handler if self._multi else self._handle)
+        self._old[sig] = signal.signal(sig, handler)
     return self
 
   def _handle(self, signum, frame):
+    if signum == signal.SIGINT and self.event.is_set():  # a second Ctrl-C
+      if self.owns_process:
+        exit_now()
+      raise KeyboardInterrupt
+    self.event.signal_name = signal.Signals(signum).name
     self.event.set()
 
   def should_stop(self, step: int) -> bool:
@@ -100,12 +131,20 @@ class Preemption:
     if self._multi:
       from jax.experimental import multihost_utils
       if multihost_utils.reached_preemption_sync_point(step):
+        self.event.signal_name = 'SIGTERM'
         self.event.set()
     return self.requested
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def exit_now() -> None:
+  """Ends a command's process at once with status 130 and one line: no
+  exception unwinds through XLA's or Orbax's threads."""
+  os.write(2, b'error: interrupted again; stopped without saving\n')
+  os._exit(130)
 
 
 class MetricsWriter:
