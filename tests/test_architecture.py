@@ -1,7 +1,7 @@
 """The import rules of the package, checked on its source (no import runs).
 
 Layers, lowest first; a module imports only from its own layer or lower:
-  0  options errors files xla_options schedules diffusion samplers sampling
+  0  options checks errors files xla_options schedules diffusion samplers sampling
      data images sharding tokenizer captions
   1  config builders models/ checkpoint latent
   2  train/ pipeline metrics/
@@ -16,7 +16,7 @@ import pytest
 PKG = pathlib.Path(__file__).resolve().parent.parent / 'ddpm_jax'
 
 LAYERS = {
-    0: {'options', 'errors', 'files', 'xla_options', 'schedules', 'diffusion',
+    0: {'options', 'checks', 'errors', 'files', 'xla_options', 'schedules', 'diffusion',
         'samplers', 'sampling', 'data', 'images', 'sharding', 'tokenizer',
         'captions'},
     1: {'config', 'builders', 'models', 'checkpoint', 'latent'},

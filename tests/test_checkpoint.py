@@ -88,8 +88,11 @@ def test_other_model_config_is_refused(tiny_config, tmp_path):
 
 
 def test_missing_and_corrupt_checkpoints(tiny_config, tmp_path):
-  with pytest.raises(ckpt_lib.CheckpointError, match='no checkpoint'):
+  with pytest.raises(UserError, match='nothing does not exist'):
     load(str(tmp_path / 'nothing'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ckpt_lib.CheckpointError, match='no checkpoint'):
+    load(str(tmp_path / 'empty'))
   loop.train(tiny_config, str(tmp_path), progress=False)
   data_files = [f for f in glob.glob(str(tmp_path / 'checkpoints' / '6' / 'state' / '**'),
                                      recursive=True)

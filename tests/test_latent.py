@@ -133,7 +133,7 @@ def test_img2img_inpainting_and_outpainting_in_latent_space(trained):
   wide = pipe.sample(num=1, init_image=x, outpaint=(4, 0, 0, 4))  # f·2 = 4 divides 12
   assert wide.shape == (1, 12, 12, 1)
   np.testing.assert_array_equal(wide[0, :8, 4:], x)
-  with pytest.raises(UserError, match='the init image has shape'):
+  with pytest.raises(UserError, match='init_image has shape'):
     pipe.sample(num=1, init_image=np.zeros((6, 6, 1)), strength=0.5)
   with pytest.raises(UserError, match=r'multiples of 4\); the nearest size that works'):
     pipe.sample(num=1, init_image=x, outpaint=(2, 0, 0, 0))

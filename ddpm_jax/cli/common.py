@@ -143,6 +143,6 @@ def run(main: Callable[[], object], positional: str | None = None,
       # threads still run can crash. Files are written atomically, and the
       # lock and checkpoint were closed on the way here.
       sys.stdout.flush()
-      print('error: interrupted', file=sys.stderr, flush=True)
+      print('\nerror: interrupted', file=sys.stderr, flush=True)  # after a bar
       os._exit(130)
   app.run(wrapper, flags_parser=parse_flags)

@@ -45,7 +45,7 @@ _STOP.signal_name = None
 
 def _on_signal(signum, frame) -> None:
   if signum == signal.SIGINT and _STOP.is_set():  # a second Ctrl-C: stop now
-    os.write(2, b'error: interrupted again; stopped without saving\n')
+    os.write(2, b'\nerror: interrupted again; stopped without saving\n')
     os._exit(130)
   _STOP.signal_name = signal.Signals(signum).name
   _STOP.set()

@@ -143,7 +143,7 @@ class Preemption:
 def exit_now() -> None:
   """Ends a command's process at once with status 130 and one line: no
   exception unwinds through XLA's or Orbax's threads."""
-  os.write(2, b'error: interrupted again; stopped without saving\n')
+  os.write(2, b'\nerror: interrupted again; stopped without saving\n')
   os._exit(130)
 
 
