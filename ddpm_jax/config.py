@@ -36,7 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'mnist5k'       # 'mnist5k' (embedded) or a TFDS name
+  c.data.name = 'mnist5k'       # 'mnist5k' (embedded), 'folder' or a TFDS name
+  c.data.folder = ''            # data.name='folder': your images (image_folder.py)
+  c.data.crop = 'center'        # a folder's or mixed-size TFDS images: after the
+                                # shorter side is resized (options.CROPS)
+  c.data.workers = 0            # decoding processes of the input pipeline (grain)
+  c.data.class_names = ()       # a folder's classes (filled in, not for users)
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data.split = 'train'
   c.data.image_size = 28        # images are brought to this size if it differs:
@@ -44,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.channels = 1
   c.data.num_classes = 10
   c.data.random_flip = False
-  c.data.captions = 'digits'    # text models: 'digits' or 'fashion' (captions.py)
+  c.data.captions = 'digits'    # text models: 'digits' or 'fashion' (captions.py),
+                                # or 'folder': a folder's own captions
 
   c.model = ml_collections.ConfigDict()
   c.model.ch = 32
@@ -217,7 +223,7 @@ def unet_input_shape(config) -> tuple[int, int, int]:
 # the optimizer's settings, sampling) may change on resume.
 RESUME_FIXED = ('seed', 'diffusion.schedule', 'diffusion.num_timesteps',
                 'diffusion.beta_start', 'diffusion.beta_end',
-                'diffusion.prediction', 'data.name',
+                'diffusion.prediction', 'data.name', 'data.folder',
                 'data.split', 'data.image_size', 'data.resize', 'data.channels',
                 'training.batch_size')
 
@@ -255,6 +261,12 @@ def validate(config, num_devices: int = 1) -> None:
                       'be finite')
   t, m, d = config.training, config.model, config.data
   _choice('data.resize', d.resize, options.RESIZE_MODES)
+  _choice('data.crop', d.crop, options.CROPS)
+  if d.workers < 0:
+    raise ConfigError(f'data.workers must be >= 0, got {d.workers}')
+  if d.name == 'folder' and not d.folder:
+    raise ConfigError('data.name=folder needs data.folder: '
+                      '--config.data.folder=PATH')
   _choice('task', config.task, options.TASKS)
   kind = model_kind(config)
   if kind.autoencoder or kind.latent:
@@ -350,8 +362,12 @@ def _validate_text(config) -> None:
   if m.class_conditional:
     raise ConfigError('model.text_conditional and model.class_conditional '
                       'exclude each other: the prompt names the class')
-  _choice('data.captions', d.captions, captions.CAPTION_SETS)
-  if d.num_classes != captions.num_classes(d.captions):
+  if d.captions == 'folder':
+    if d.name != 'folder':
+      raise ConfigError("data.captions='folder' needs data.name='folder'")
+  else:
+    _choice('data.captions', d.captions, captions.CAPTION_SETS)
+  if d.captions != 'folder' and d.num_classes != captions.num_classes(d.captions):
     raise ConfigError(f'data.captions={d.captions!r} has '
                       f'{captions.num_classes(d.captions)} classes, the data '
                       f'{d.num_classes}')

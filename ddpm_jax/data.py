@@ -1,10 +1,15 @@
-"""Data: the embedded MNIST-5k default and TFDS datasets via `tfds.data_source`.
+"""Data sources: the embedded MNIST-5k default, a folder of your images
+(image_folder.py), and TFDS datasets via `tfds.data_source`.
 
 The batch for step s is a pure function of (seed, s): each epoch is a fresh
-permutation seeded by (seed, epoch). The data-iterator state is therefore the
+permutation seeded by (seed, epoch), and a random crop is drawn from the
+image's position in that stream. The data-iterator state is therefore the
 step alone, which makes resume exact and lets every process read only its own
-slice of the global batch. Batches stay uint8 on the host; scaling to [-1, 1],
-resizing and flipping happen on the device inside the train step.
+slice of the global batch. Batches stay uint8 on the host; a folder's images
+(and a TFDS dataset's of mixed sizes) are resized and cropped to
+data.image_size there; scaling to [-1, 1], resizing uniform images and
+flipping happen on the device inside the train step. input_pipeline.py runs
+`Batches.batch` in grain workers ahead of the train step.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Source(Protocol):
 
 class ArraySource:
   """Images [N, H, W, C] uint8 and labels [N] held in memory."""
+  captions = None
 
   def __init__(self, images: np.ndarray, labels: np.ndarray):
     if images.ndim == 3:
@@ -41,26 +47,39 @@ class ArraySource:
   def __len__(self) -> int:
     return len(self.images)
 
-  def read(self, idx):
+  def read(self, idx, positions=None):
     return self.images[idx], self.labels[idx]
 
 
 class TFDSSource:
-  """Random access to a prepared TFDS split, without TensorFlow."""
+  """Random access to a prepared TFDS split, without TensorFlow. Images of
+  one shape are stacked as they are (the train step resizes them); a batch
+  of mixed sizes is resized and cropped to `size` here, as a folder's is."""
+  captions = None
 
-  def __init__(self, source):
-    self.source = source
+  def __init__(self, source, size: int = 0, channels: int = 1,
+               crop: str = 'center', seed: int = 0):
+    self.source, self.size, self.channels = source, size, channels
+    self.crop, self.seed = crop, seed
 
   def __len__(self) -> int:
     return len(self.source)
 
-  def read(self, idx):
+  def read(self, idx, positions=None):
     items = [self.source[int(i)] for i in idx]
-    images = np.stack([np.asarray(it['image']) for it in items])
-    if images.ndim == 3:
-      images = images[..., None]
+    arrays = [np.asarray(it['image']) for it in items]
+    arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
+    if len({a.shape for a in arrays}) > 1:
+      from PIL import Image
+      from ddpm_jax.image_folder import to_square
+      pos = [None] * len(arrays) if positions is None else list(positions)
+      arrays = [to_square(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a),
+                          self.size, self.channels, self.crop,
+                          np.random.default_rng([self.seed, int(p)])
+                          if p is not None else None)
+                for a, p in zip(arrays, pos)]
     labels = np.array([int(it.get('label', 0)) for it in items], np.int32)
-    return images, labels
+    return np.stack(arrays), labels
 
 
 def load_embedded_mnist() -> ArraySource:
@@ -70,10 +89,18 @@ def load_embedded_mnist() -> ArraySource:
     return ArraySource(f['images'], f['labels'])
 
 
-def load_source(data_cfg) -> Source:
-  """The configured dataset; a TFDS dataset must already be prepared."""
+def load_source(data_cfg, *, labels: bool = False, captions: bool = False,
+                seed: int = 0) -> Source:
+  """The configured dataset; a TFDS dataset must already be prepared. A
+  folder reads its class labels (`labels`) or captions (`captions`);
+  `seed` draws its random crops."""
   if data_cfg.name == EMBEDDED:
     return load_embedded_mnist()
+  if data_cfg.name == 'folder':
+    from ddpm_jax.image_folder import FolderSource
+    return FolderSource(data_cfg.folder, data_cfg.image_size, data_cfg.channels,
+                        labels=labels, captions=captions, crop=data_cfg.crop,
+                        seed=seed)
   import tensorflow_datasets as tfds  # imported lazily: slow, and optional
   try:
     src = tfds.data_source(data_cfg.name, split=data_cfg.split,
@@ -93,7 +120,8 @@ def load_source(data_cfg) -> Source:
         f"run: python -c \"import tensorflow_datasets as tfds; "
         f"tfds.builder('{data_cfg.name}', data_dir={data_cfg.data_dir!r})"
         f".download_and_prepare(file_format='array_record')\"") from e
-  return TFDSSource(src)
+  return TFDSSource(src, data_cfg.image_size, data_cfg.channels,
+                    data_cfg.get('crop', 'center'), seed)
 
 
 class Batches:
@@ -101,7 +129,8 @@ class Batches:
   global batch for that step."""
 
   def __init__(self, source: Source, global_batch: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1,
+               text_max_len: int = 0):
     if global_batch % process_count:
       raise DataError(f'global batch {global_batch} does not divide over '
                       f'{process_count} processes')
@@ -110,6 +139,7 @@ class Batches:
     self.source, self.global_batch, self.seed = source, global_batch, seed
     self.local = global_batch // process_count
     self.offset = process_index * self.local
+    self.text_max_len = text_max_len  # > 0 with a source's own captions
     self._perm_epoch, self._perm = -1, None
 
   def _permutation(self, epoch: int) -> np.ndarray:
@@ -118,9 +148,13 @@ class Batches:
       self._perm, self._perm_epoch = rng.permutation(len(self.source)), epoch
     return self._perm
 
+  def positions(self, step: int) -> np.ndarray:
+    """This process's places in the run's stream of images at `step`."""
+    return step * self.global_batch + self.offset + np.arange(self.local)
+
   def indices(self, step: int) -> np.ndarray:
     n = len(self.source)
-    pos = step * self.global_batch + self.offset + np.arange(self.local)
+    pos = self.positions(step)
     out = np.empty(self.local, np.int64)
     for epoch in np.unique(pos // n):
       sel = pos // n == epoch
@@ -128,8 +162,14 @@ class Batches:
     return out
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    images, labels = self.source.read(self.indices(step))
-    return {'image': images, 'label': labels}
+    idx = self.indices(step)
+    images, labels = self.source.read(idx, self.positions(step))
+    out = {'image': images, 'label': labels}
+    if self.text_max_len and getattr(self.source, 'captions', None) is not None:
+      from ddpm_jax import tokenizer
+      out['tokens'] = tokenizer.tokenize_all(self.source.texts(idx),
+                                             self.text_max_len)
+    return out
 
 
 def preprocess(image_BHWC: jax.Array, image_size: int, random_flip: bool,

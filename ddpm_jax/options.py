@@ -31,6 +31,9 @@ VAR_TYPES = ('fixedlarge', 'fixedsmall')
 DTYPES = ('float32', 'bfloat16', 'float16')
 # How images reach data.image_size: resized, or centred on black ('pad').
 RESIZE_MODES = ('bilinear', 'pad')
+# Where a folder's (or a mixed-size TFDS dataset's) images are cropped after
+# their shorter side is resized to data.image_size.
+CROPS = ('center', 'random')
 # Image channels the models take.
 CHANNELS = (1, 3)
 # A text model's one vector for the whole prompt ('' : none).

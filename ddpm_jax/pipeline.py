@@ -112,7 +112,7 @@ class Pipeline:
       raise UserError('labels need a class-conditional model '
                       '(model.class_conditional); this one is unconditional')
     items = labels if isinstance(labels, (list, tuple, np.ndarray)) else [labels]
-    y = np.asarray([checks.integer('labels', v) for v in np.asarray(
+    y = np.asarray([self._label(v) for v in np.asarray(
         items, dtype=object).reshape(-1)], np.int64)
     if y.size == 0 or num % y.size:
       raise UserError(f'{y.size} labels do not divide {num} images')
@@ -120,6 +120,17 @@ class Pipeline:
       raise UserError(f'labels must be in [0, {self.num_classes - 1}], got '
                       f'{sorted(set(y.tolist()))}')
     return np.repeat(y, num // y.size).astype(np.int32)
+
+  def _label(self, value) -> int:
+    """A class id, or a class name of a model trained on a folder's
+    sub-folders (config.data.class_names)."""
+    names = list(self.config.data.get('class_names', ()))
+    if isinstance(value, str):
+      if value in names:
+        return names.index(value)
+      raise UserError(f'labels: no class named {value!r}; the classes are '
+                      f'{names or list(range(self.num_classes))}')
+    return checks.integer('labels', value)
 
   def _tokens(self, prompts: Sequence[str], what: str) -> np.ndarray:
     if any(not isinstance(p, str) for p in prompts):

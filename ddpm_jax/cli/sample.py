@@ -49,7 +49,9 @@ _CLIP = flags.DEFINE_bool('clip', None, 'Clip the predicted x0 to [-1, 1] (defau
 _SPACING = flags.DEFINE_enum('spacing', None, options.SPACINGS,
                              'Timestep spacing of a respaced grid; karras: '
                              "Karras et al.'s σ spacing (σ-samplers only).")
-_LABEL = flags.DEFINE_list('label', None, 'Class label(s), e.g. 7 or 0,1,2.')
+_LABEL = flags.DEFINE_list('label', None, 'Class label(s), e.g. 7 or 0,1,2; a '
+                           'model trained on a folder also takes its class '
+                           'names (sub-folder names), e.g. cat,dog.')
 _GUIDANCE = flags.DEFINE_float('guidance-scale', None,
                                "Classifier-free guidance weight w (default: the "
                                "config's sampling.guidance_scale).")
@@ -71,13 +73,11 @@ _JUMPS = flags.DEFINE_integer('jumps', 0, 'Inpainting: RePaint resamplings per '
                               f'{", ".join(options.REPAINT_SAMPLERS)}).')
 
 
-def _labels() -> list[int] | None:
+def _labels() -> list[int | str] | None:
+  """Class ids, or the class names of a model trained on a folder."""
   if not _LABEL.value:
     return None
-  try:
-    return [int(v) for v in _LABEL.value]
-  except ValueError:
-    raise UserError(f'--label takes integers, got {",".join(_LABEL.value)}') from None
+  return [int(v) if v.lstrip('-').isdigit() else v for v in _LABEL.value]
 
 
 def _prompts() -> list[str] | None:

@@ -8,6 +8,7 @@ import threading
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -21,6 +22,7 @@ from ddpm_jax import latent as latent_lib
 from ddpm_jax import sampling
 from ddpm_jax import sharding
 from ddpm_jax import tokenizer
+from ddpm_jax.input_pipeline import BatchIterator
 from ddpm_jax.train import step as step_lib
 from ddpm_jax.train.runtime import (MetricsWriter, Preemption, TrainingError,
                                     WorkdirLock, prepare_workdir)
@@ -42,7 +44,20 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   config_lib.validate(config, jax.device_count())
   t_cfg = config.training
   is_main = jax.process_index() == 0
-  source = data_lib.load_source(config.data)  # fails before touching the workdir
+  kind = config_lib.model_kind(config)
+  own_captions = kind.text and config.data.captions == 'folder'
+  source = data_lib.load_source(  # fails before touching the workdir
+      config.data, labels=kind.classes, captions=own_captions, seed=config.seed)
+  if getattr(source, 'summary', None) is not None and is_main:
+    print(source.summary.line(config.data.folder, own_captions), flush=True)
+  if len(source) < t_cfg.batch_size:
+    raise TrainingError(f'the data has {len(source)} usable images, fewer than '
+                        f'one batch of training.batch_size={t_cfg.batch_size}')
+  if getattr(source, 'class_names', None):  # a folder's classes, in the config
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.num_classes = len(source.class_names)
+    config.data.class_names = tuple(source.class_names)
+    config_lib.validate(config, jax.device_count())
   mesh = sharding.make_mesh()
   ae_params = None
   if config_lib.model_kind(config).latent:  # the frozen autoencoder, copied in
@@ -50,7 +65,8 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   prepare_workdir(workdir)
 
   batches = data_lib.Batches(source, t_cfg.batch_size, config.seed,
-                             jax.process_index(), jax.process_count())
+                             jax.process_index(), jax.process_count(),
+                             config.model.text_max_len if own_captions else 0)
   setup, state = step_lib.init_train_state(config, ae_params)
   lock = WorkdirLock(workdir)
   if is_main:
@@ -121,7 +137,7 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
   train_step = step_lib.make_train_step(setup, mesh)
   grid = (None if not t_cfg.num_sample_images
           else _ReconstructionGrid(setup, source, mesh)
-          if kind.autoencoder else _SampleGrid(setup, mesh))
+          if kind.autoencoder else _SampleGrid(setup, mesh, source))
   writer = MetricsWriter(workdir, is_main)
   start = int(jax.device_get(state.step))
   t0 = t_log = time.time()
@@ -134,58 +150,60 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
     print(f'resuming from checkpoint at step {start} in {ckpt.directory}')
   pbar = tqdm(total=t_cfg.num_steps, initial=start, disable=not (progress and is_main),
               dynamic_ncols=True, desc='train')
-  results = _StepResults(t_cfg, ckpt.directory)
-  steps_in_window = 0
+  # The next batches are decoded (in grain workers) while the device computes.
+  with BatchIterator(batches, start, t_cfg.num_steps, config.data.workers) as inputs:
+    results = _StepResults(t_cfg, ckpt.directory)
+    steps_in_window = 0
 
-  def save(done: int) -> None:
-    results.flush()  # a non-finite step must stop before it is saved
-    meta = {'config': json.loads(config.to_json())}
-    if kind.autoencoder:  # every autoencoder checkpoint can serve
-      meta['latent_scale'] = latent_lib.latent_scale(
-          setup.ae.encode, state.ema_params, source, config)
-    ckpt.save(done, state.to_saveable(), meta)
+    def save(done: int) -> None:
+      results.flush()  # a non-finite step must stop before it is saved
+      meta = {'config': json.loads(config.to_json())}
+      if kind.autoencoder:  # every autoencoder checkpoint can serve
+        meta['latent_scale'] = latent_lib.latent_scale(
+            setup.ae.encode, state.ema_params, source, config)
+      ckpt.save(done, state.to_saveable(), meta)
 
-  for step in range(start, t_cfg.num_steps):
-    batch = sharding.shard_batch(batches.batch(step), mesh)
-    state, metrics = train_step(state, batch)
-    results.add(step, metrics)
-    steps_in_window += 1
-    done = step + 1
-    last = done == t_cfg.num_steps
-    if done % t_cfg.log_every == 0 or last:
-      results.flush()
-      now = time.time()
-      writer.write(done, loss=results.take_window_mean(),
-                   steps_per_sec=steps_in_window / max(now - t_log, 1e-9),
-                   skipped=results.skipped, time=now - t0)
-      t_log, steps_in_window = now, 0
-      pbar.set_postfix(loss=f'{results.last_loss:.4f}')
-    pbar.update(1)
-    stop = preempt.should_stop(done)
-    if done % t_cfg.checkpoint_every == 0 or last or stop:
-      save(done)
-    if stop:  # a signal: the step is finished and saved
-      break
-    if grid is not None and (
-        (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last):
-      x, nrow = grid(state, done)
-      if is_main:
-        images_lib.save_grid(x, os.path.join(workdir, 'samples',
-                                             f'step_{done:07d}.png'), nrow=nrow)
-  pbar.close()
-  results.flush()
-  step = int(jax.device_get(state.step))
-  return {'step': step, 'final_loss': results.last_loss,
-          'steps_run': step - start, 'preempted': preempt.requested,
-          'signal': preempt.signal_name, 'num_params': setup.num_params,
-          'skipped_steps': results.skipped, 'wall_time_s': time.time() - t0}
+    for step in range(start, t_cfg.num_steps):
+      batch = sharding.shard_batch(next(inputs), mesh)
+      state, metrics = train_step(state, batch)
+      results.add(step, metrics)
+      steps_in_window += 1
+      done = step + 1
+      last = done == t_cfg.num_steps
+      if done % t_cfg.log_every == 0 or last:
+        results.flush()
+        now = time.time()
+        writer.write(done, loss=results.take_window_mean(),
+                     steps_per_sec=steps_in_window / max(now - t_log, 1e-9),
+                     skipped=results.skipped, time=now - t0)
+        t_log, steps_in_window = now, 0
+        pbar.set_postfix(loss=f'{results.last_loss:.4f}')
+      pbar.update(1)
+      stop = preempt.should_stop(done)
+      if done % t_cfg.checkpoint_every == 0 or last or stop:
+        save(done)
+      if stop:  # a signal: the step is finished and saved
+        break
+      if grid is not None and (
+          (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last):
+        x, nrow = grid(state, done)
+        if is_main:
+          images_lib.save_grid(x, os.path.join(workdir, 'samples',
+                                               f'step_{done:07d}.png'), nrow=nrow)
+    pbar.close()
+    results.flush()
+    step = int(jax.device_get(state.step))
+    return {'step': step, 'final_loss': results.last_loss,
+            'steps_run': step - start, 'preempted': preempt.requested,
+            'signal': preempt.signal_name, 'num_params': setup.num_params,
+            'skipped_steps': results.skipped, 'wall_time_s': time.time() - t0}
 
 
 class _SampleGrid:
   """EMA samples (a latent model's decoded); a class-conditional or text
   model gets one row per class (`grid_condition`)."""
 
-  def __init__(self, setup, mesh):
+  def __init__(self, setup, mesh, source):
     config = self.config = setup.config
     n = config.training.num_sample_images
     codec, apply = None, setup.eps_apply
@@ -197,7 +215,7 @@ class _SampleGrid:
         apply, builders.sampler_from_config(config),
         (n,) + config_lib.unet_input_shape(config), mesh,
         null_label=config.data.num_classes, codec=codec)
-    self.y = grid_condition(config, n)           # fixed: built once
+    self.y = grid_condition(config, n, source)   # fixed: built once
     self.y_null = builders.null_condition(config, n)
 
   def __call__(self, state, step: int):
@@ -217,12 +235,16 @@ class _SampleGrid:
     return sharding.gather(x), nrow  # every process takes part in the call
 
 
-def grid_condition(config, n: int) -> np.ndarray | None:
+def grid_condition(config, n: int, source=None) -> np.ndarray | None:
   """The training grid's condition, sorted so that row r is class r: the
-  labels, or a text model's captions "a seven" / "un siete" in turn."""
+  labels, or a text model's captions "a seven" / "un siete" in turn; a model
+  of a folder's own captions: those of n images spread over the folder."""
   k = config.data.num_classes
   label = np.arange(n, dtype=np.int32) * k // n
   kind = config_lib.model_kind(config)
+  if kind.text and config.data.captions == 'folder':
+    idx = np.linspace(0, len(source) - 1, n).astype(np.int64)
+    return tokenizer.tokenize_all(source.texts(idx), config.model.text_max_len)
   if kind.text:
     prompts = [captions_lib.captions(config.data.captions, int(c),
                                      captions_lib.LANGUAGES[i % 2])[0]

@@ -153,9 +153,11 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   t_cfg, d_cfg = config.training, config.data
   kind = config_lib.model_kind(config)
   conditional, text = kind.classes, kind.text
+  own_captions = text and d_cfg.captions == 'folder'   # batch['tokens']
   if text:  # every training caption of every class, and the empty prompt
-    table = jnp.asarray(captions_lib.caption_table(d_cfg.captions,
-                                                   config.model.text_max_len))
+    if not own_captions:
+      table = jnp.asarray(captions_lib.caption_table(d_cfg.captions,
+                                                     config.model.text_max_len))
     empty = jnp.asarray(builders.null_condition(config, 1))
   objective, tx = setup.objective, setup.tx
 
@@ -169,7 +171,9 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
     if conditional or text:  # dropped (for guidance): the null label or prompt
       label = batch['label']
       drop = jax.random.bernoulli(k_label, t_cfg.label_dropout, label.shape)
-      if text:  # a random caption of each image's class, or the empty one
+      if own_captions:  # the image's own caption, or the empty one
+        y = jnp.where(drop[:, None], empty, batch['tokens'])
+      elif text:  # a random caption of each image's class, or the empty one
         pick = jax.random.randint(jax.random.fold_in(k_label, 1), label.shape,
                                   0, table.shape[1])
         y = jnp.where(drop[:, None], empty, table[label, pick])
