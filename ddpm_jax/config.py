@@ -264,9 +264,6 @@ def validate(config, num_devices: int = 1) -> None:
   _choice('data.crop', d.crop, options.CROPS)
   if d.workers < 0:
     raise ConfigError(f'data.workers must be >= 0, got {d.workers}')
-  if d.name == 'folder' and not d.folder:
-    raise ConfigError('data.name=folder needs data.folder: '
-                      '--config.data.folder=PATH')
   _choice('task', config.task, options.TASKS)
   kind = model_kind(config)
   if kind.autoencoder or kind.latent:

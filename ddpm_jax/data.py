@@ -120,8 +120,9 @@ def load_source(data_cfg, *, labels: bool = False, captions: bool = False,
         f"run: python -c \"import tensorflow_datasets as tfds; "
         f"tfds.builder('{data_cfg.name}', data_dir={data_cfg.data_dir!r})"
         f".download_and_prepare(file_format='array_record')\"") from e
-  return TFDSSource(src, data_cfg.image_size, data_cfg.channels,
-                    data_cfg.get('crop', 'center'), seed)
+  return TFDSSource(src, data_cfg.get('image_size', 0),
+                    data_cfg.get('channels', 1), data_cfg.get('crop', 'center'),
+                    seed)
 
 
 class Batches:

@@ -2,7 +2,7 @@
 
 Layers, lowest first; a module imports only from its own layer or lower:
   0  options checks errors files xla_options schedules diffusion samplers sampling
-     data images sharding tokenizer captions
+     data image_folder input_pipeline images sharding tokenizer captions
   1  config builders models/ checkpoint latent
   2  train/ pipeline metrics/
   3  cli/
@@ -17,8 +17,8 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / 'ddpm_jax'
 
 LAYERS = {
     0: {'options', 'checks', 'errors', 'files', 'xla_options', 'schedules', 'diffusion',
-        'samplers', 'sampling', 'data', 'images', 'sharding', 'tokenizer',
-        'captions'},
+        'samplers', 'sampling', 'data', 'image_folder', 'input_pipeline',
+        'images', 'sharding', 'tokenizer', 'captions'},
     1: {'config', 'builders', 'models', 'checkpoint', 'latent'},
     2: {'train', 'pipeline', 'metrics'},
     3: {'cli'},

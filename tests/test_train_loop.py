@@ -174,7 +174,7 @@ class _PoisonedSource:
   def __len__(self):
     return len(self.src)
 
-  def read(self, idx):
+  def read(self, idx, positions=None):
     images, labels = self.src.read(idx)
     x = images.astype(np.float32) / 127.5 - 1.0
     if self.bad & set(map(int, idx)):
@@ -186,7 +186,7 @@ def test_non_finite_batch_stop_and_skip(tiny_config, tmp_path, monkeypatch):
   from ddpm_jax import data as data_lib
   bad_step = 4
   idx = data_lib.Batches(data_lib.load_embedded_mnist(), 8, 0).indices(bad_step)
-  monkeypatch.setattr(data_lib, 'load_source', lambda cfg: _PoisonedSource(idx[:1]))
+  monkeypatch.setattr(data_lib, 'load_source', lambda cfg, **kw: _PoisonedSource(idx[:1]))
   tiny_config.training.num_steps = 8
   tiny_config.training.checkpoint_every = 2
   with pytest.raises(runtime.TrainingError, match=f'at step {bad_step} '):
