@@ -13,7 +13,11 @@ Run:
 Files: .png .jpg .jpeg .webp .bmp .gif (first frame), any size and mode;
 the shorter side is resized to data.image_size and the centre cropped
 (data.crop='random' for random crops); broken files are skipped and named.
-data.workers > 0 decodes in that many processes. Measured: docs/data.md.
+data.workers > 0 decodes in that many processes.
+
+Measured (docs/data.md; 2-core Intel Xeon with AVX-512): on examples/shapes
+with labels, 1,200 steps in 9 min 37 s (2.2 steps/s), and every row of the
+sampled grid holds its class.
 """
 
 from ddpm_jax.config import base_config
@@ -32,8 +36,8 @@ def get_config():
   c.model.num_res_blocks = 1
   c.model.attn_resolutions = (8,)
   c.diffusion.prediction = 'v'
-  c.training.num_steps = 2000
-  c.training.checkpoint_every = 500
+  c.training.num_steps = 1200
+  c.training.checkpoint_every = 400
   c.training.num_sample_images = 36
   c.sampling.sampler = 'dpm++2m'
   c.sampling.num_steps = 20

@@ -89,3 +89,23 @@ def test_bad_folders_stop_train_py_with_one_line_and_no_workdir(tmp_path):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
     assert not wd.exists()
+
+
+def test_a_text_model_trains_on_a_folders_own_captions(tmp_path, tiny_config):
+  from ddpm_jax.train.loop import train
+  folder = tmp_path / 'c'
+  folder.mkdir()
+  rows = []
+  for i in range(8):
+    Image.new('L', (10 + i, 12), 30 * i).save(folder / f'{i}.png')
+    rows.append(json.dumps({'file_name': f'{i}.png', 'text': f'grey level {i}'}))
+  (folder / 'metadata.jsonl').write_text('\n'.join(rows[:6]) + '\n')
+  c = tiny_config
+  c.data.name, c.data.folder, c.data.captions = 'folder', str(folder), 'folder'
+  c.model.text_conditional = True
+  c.model.text_dim, c.model.text_heads = 16, 2
+  c.model.cross_attn_resolutions = (4,)
+  c.training.num_steps, c.training.num_sample_images = 2, 2
+  summary = train(c, str(tmp_path / 'wd'), progress=False)
+  assert summary['step'] == 2 and np.isfinite(summary['final_loss'])
+  assert (tmp_path / 'wd' / 'samples' / 'step_0000002.png').is_file()
