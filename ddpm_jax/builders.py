@@ -95,7 +95,8 @@ def sampler_from_config(config, name: str | None = None,
   if num_steps is None:
     num_steps = s.num_steps or T   # the config's 0 means all T steps
   if not 1 <= num_steps <= T:
-    raise UserError(f'number of steps must be in [1, {T}], got {num_steps}')
+    raise UserError(f'num_steps must be in [1, {T}] (the number of sampling '
+                    f'steps), got {num_steps}')
   accepted = {p.name for p in inspect.signature(
       samplers_lib.SAMPLERS[name]).parameters.values()
       if p.kind == inspect.Parameter.KEYWORD_ONLY}

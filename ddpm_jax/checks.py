@@ -145,6 +145,9 @@ def mask(name: str, value: Any) -> np.ndarray:
   if arr.dtype == bool:
     return arr.astype(np.float32)
   if arr.dtype == np.uint8:
+    if arr.max() == 1:
+      raise UserError(f'{name} is uint8 with values 0 and 1: a uint8 mask is '
+                      '0..255 (255 = regenerate); pass it as bool or float')
     return arr.astype(np.float32) / 255.0
   if not np.issubdtype(arr.dtype, np.floating):
     raise UserError(f'{name} must be bool, uint8 (0..255) or float in [0, 1], '

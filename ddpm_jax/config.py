@@ -260,6 +260,8 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError(f'{bad[0]} is {bad[1]}; every number in a config must '
                       'be finite')
   t, m, d = config.training, config.model, config.data
+  if not isinstance(config.seed, int) or config.seed < 0:
+    raise ConfigError(f'seed must be an integer >= 0, got {config.seed}')
   _choice('data.resize', d.resize, options.RESIZE_MODES)
   _choice('data.crop', d.crop, options.CROPS)
   if d.workers < 0:
@@ -359,10 +361,11 @@ def _validate_text(config) -> None:
   if m.class_conditional:
     raise ConfigError('model.text_conditional and model.class_conditional '
                       'exclude each other: the prompt names the class')
-  if d.captions == 'folder':
-    if d.name != 'folder':
-      raise ConfigError("data.captions='folder' needs data.name='folder'")
-  else:
+  if (d.captions == 'folder') != (d.name == 'folder'):
+    raise ConfigError("a text model of a folder takes the folder's own "
+                      "captions: data.captions='folder' goes with "
+                      "data.name='folder'")
+  if d.captions != 'folder':
     _choice('data.captions', d.captions, captions.CAPTION_SETS)
   if d.captions != 'folder' and d.num_classes != captions.num_classes(d.captions):
     raise ConfigError(f'data.captions={d.captions!r} has '

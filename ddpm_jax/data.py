@@ -52,15 +52,16 @@ class ArraySource:
 
 
 class TFDSSource:
-  """Random access to a prepared TFDS split, without TensorFlow. Images of
-  one shape are stacked as they are (the train step resizes them); a batch
-  of mixed sizes is resized and cropped to `size` here, as a folder's is."""
+  """Random access to a prepared TFDS split, without TensorFlow. A dataset
+  of one image shape is stacked as it is (the train step resizes it); one
+  of `mixed` sizes (its image feature has an unknown height or width) is
+  resized and cropped to `size` here, image by image, as a folder's is."""
   captions = None
 
   def __init__(self, source, size: int = 0, channels: int = 1,
-               crop: str = 'center', seed: int = 0):
+               crop: str = 'center', seed: int = 0, mixed: bool = False):
     self.source, self.size, self.channels = source, size, channels
-    self.crop, self.seed = crop, seed
+    self.crop, self.seed, self.mixed = crop, seed, mixed
 
   def __len__(self) -> int:
     return len(self.source)
@@ -69,7 +70,7 @@ class TFDSSource:
     items = [self.source[int(i)] for i in idx]
     arrays = [np.asarray(it['image']) for it in items]
     arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
-    if len({a.shape for a in arrays}) > 1:
+    if self.mixed:
       from PIL import Image
       from ddpm_jax.image_folder import to_square
       pos = [None] * len(arrays) if positions is None else list(positions)
@@ -122,7 +123,16 @@ def load_source(data_cfg, *, labels: bool = False, captions: bool = False,
         f".download_and_prepare(file_format='array_record')\"") from e
   return TFDSSource(src, data_cfg.get('image_size', 0),
                     data_cfg.get('channels', 1), data_cfg.get('crop', 'center'),
-                    seed)
+                    seed, mixed=_mixed_sizes(src))
+
+
+def _mixed_sizes(src) -> bool:
+  """Whether a TFDS source's image feature leaves its height or width open."""
+  try:
+    shape = src.dataset_info.features['image'].shape
+  except (AttributeError, KeyError, TypeError):
+    return False
+  return shape is None or None in tuple(shape)[:2]
 
 
 class Batches:
@@ -169,7 +179,7 @@ class Batches:
     if self.text_max_len and getattr(self.source, 'captions', None) is not None:
       from ddpm_jax import tokenizer
       out['tokens'] = tokenizer.tokenize_all(self.source.texts(idx),
-                                             self.text_max_len)
+                                             self.text_max_len, warn=False)
     return out
 
 

@@ -173,7 +173,7 @@ def _list_images(folder: str) -> list[str]:
   out = []
   try:
     for root, dirs, files in os.walk(folder, onerror=_raise):
-      dirs.sort()
+      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
       out += [os.path.join(root, f) for f in sorted(files)
               if f.lower().endswith(EXTENSIONS) and not f.startswith('.')]
   except PermissionError as e:

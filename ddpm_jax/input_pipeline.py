@@ -11,11 +11,28 @@ and hands the batches back in step order.
 
 from __future__ import annotations
 
+import signal
+import sys
 from typing import Iterator
 
 import grain
 
 from ddpm_jax.data import Batches
+
+
+def _worker_init(index: int, count: int) -> None:
+  """In each grain worker: Ctrl-C and SIGTERM sent to the whole process
+  group are the trainer's to handle (it saves, then closes the workers), and
+  a worker ends with its trainer however the trainer ends (Linux)."""
+  del index, count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  if sys.platform.startswith('linux'):
+    import ctypes
+    try:
+      ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # no libc.so.6 (e.g. musl): workers may outlive a killed trainer
+      pass
 
 
 class BatchIterator:
@@ -37,7 +54,8 @@ class BatchIterator:
       it = grain.experimental.WithOptionsIterDataset(
           it, grain.experimental.DatasetOptions(min_shm_size=2 ** 62))
       it = it.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=workers, per_worker_buffer_size=prefetch))
+          num_workers=workers, per_worker_buffer_size=prefetch),
+          worker_init_fn=_worker_init)
     self._it: Iterator = iter(it)
 
   def __iter__(self):

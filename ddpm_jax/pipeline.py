@@ -126,8 +126,10 @@ class Pipeline:
     sub-folders (config.data.class_names)."""
     names = list(self.config.data.get('class_names', ()))
     if isinstance(value, str):
-      if value in names:
+      if value in names:        # a name first: a folder's classes may be digits
         return names.index(value)
+      if value.lstrip('-').isdigit():
+        return int(value)
       raise UserError(f'labels: no class named {value!r}; the classes are '
                       f'{names or list(range(self.num_classes))}')
     return checks.integer('labels', value)
@@ -262,9 +264,6 @@ class Pipeline:
       if not conditioned:
         raise UserError('a guidance scale needs ' +
                         ('a prompt' if kind.text else 'labels'))
-      if not math.isfinite(guidance_scale):
-        raise UserError(f'the guidance scale must be a finite number, got '
-                        f'{guidance_scale}')
     elif conditioned:
       guidance_scale = float(self.config.sampling.guidance_scale)
     # w = 1 is the conditional model itself: one pass instead of two.
@@ -496,6 +495,8 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
     if os.path.exists(p) and not overwrite:
       raise UserError(f'{p} exists; pass overwrite=True to replace it')
   pipe = open_pipeline(workdir, checkpoint)
+  if labels is not None and not isinstance(labels, (list, tuple, np.ndarray)):
+    labels = [labels]
   nrow = None
   if labels is not None and len(labels) > 1 and num % len(labels) == 0:
     nrow = num // len(labels)  # one row per requested label

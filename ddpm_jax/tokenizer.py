@@ -30,13 +30,14 @@ def _fit(data: bytes, room: int) -> bytes:
   return data[:cut]
 
 
-def tokenize(prompt: str, max_len: int = MAX_LEN) -> np.ndarray:
-  """int32 [max_len]: BOS, the UTF-8 bytes, EOS, then PAD."""
+def tokenize(prompt: str, max_len: int = MAX_LEN, warn: bool = True) -> np.ndarray:
+  """int32 [max_len]: BOS, the UTF-8 bytes, EOS, then PAD; a cut prompt
+  warns (`warn`; training data cut to fit does not)."""
   if not isinstance(prompt, str):
     raise TypeError(f'a prompt is a str, got {type(prompt).__name__}')
   data = prompt.encode('utf-8')
   kept = _fit(data, max_len - 2)
-  if len(kept) < len(data):
+  if len(kept) < len(data) and warn:
     warnings.warn(
         f'prompt {prompt[:30]!r}... is {len(data)} UTF-8 bytes; the model reads '
         f'{max_len - 2}, so it was cut to {kept.decode("utf-8")!r}',
@@ -45,9 +46,10 @@ def tokenize(prompt: str, max_len: int = MAX_LEN) -> np.ndarray:
   return np.asarray(ids, np.int32)
 
 
-def tokenize_all(prompts: Sequence[str], max_len: int = MAX_LEN) -> np.ndarray:
+def tokenize_all(prompts: Sequence[str], max_len: int = MAX_LEN,
+                 warn: bool = True) -> np.ndarray:
   """int32 [N, max_len]."""
-  return np.stack([tokenize(p, max_len) for p in prompts]).astype(np.int32)
+  return np.stack([tokenize(p, max_len, warn) for p in prompts]).astype(np.int32)
 
 
 def detokenize(tokens: Sequence[int]) -> str:

@@ -67,3 +67,8 @@ def test_masks_uint8_bool_and_float():
                                 [[1.0, 0.0]])
   with pytest.raises(UserError, match=r'mask must lie in \[0, 1\].*\[-1, 0\]'):
     checks.mask('mask', np.array([[-1.0, 0.0]]))
+
+
+def test_a_uint8_mask_of_zeros_and_ones_is_refused_as_ambiguous():
+  with pytest.raises(UserError, match='uint8 with values 0 and 1'):
+    checks.mask('mask', np.array([[0, 1]], np.uint8))

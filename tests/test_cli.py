@@ -227,7 +227,7 @@ def test_sample_bad_inputs_are_one_line_before_sampling(trained, tmp_path):
       (['--sampler=ddim', '--eta=nan'], 'eta must be a finite number'),
       (['--sampler=ddim', '--eta=-1'], 'eta must be a finite number'),
       (['--steps=0'], '--steps must be an integer >= 1, got 0'),
-      (['--steps=51'], 'number of steps must be in [1, 50], got 51'),
+      (['--steps=51'], '--steps must be in [1, 50] (the number of sampling steps), got 51'),
       (['--seed=-99999999999999999999999', '--jumps=-1'], '--jumps must be an integer >= 0'),
       ([f'--init-image={corrupt}', '--strength=0.5'], 'not a readable image'),
       ([f'--init-image={huge}', '--strength=0.5'], 'not a readable image'),

@@ -46,3 +46,16 @@ def test_every_shipped_config_validates():
       f = config_lib.autoencoder_factor(c.autoencoder)
       assert config_lib.unet_input_shape(c) == (
           c.data.image_size // f, c.data.image_size // f, c.autoencoder.z_channels)
+
+
+def test_seed_and_folder_captions_are_checked(tiny_config):
+  import pytest
+  c = tiny_config
+  c.seed = -1
+  with pytest.raises(config_lib.ConfigError, match='seed must be an integer >= 0'):
+    config_lib.validate(c)
+  c.seed = 0
+  c.data.name, c.data.folder = 'folder', '/x'
+  c.model.text_conditional, c.model.cross_attn_resolutions = True, (4,)
+  with pytest.raises(config_lib.ConfigError, match="data.captions='folder' goes with"):
+    config_lib.validate(c)

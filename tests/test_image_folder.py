@@ -149,13 +149,15 @@ def test_random_crops_depend_on_the_position_only_so_two_processes_equal_one(tmp
 
 def test_a_tfds_source_of_mixed_sizes_is_resized_and_cropped():
   """TFDSSource over a random-access source of mixed-size images (what
-  tfds.data_source returns): the same resize-and-crop as a folder; one size
-  stays as it is, for the train step to resize."""
+  tfds.data_source returns): the same resize-and-crop as a folder, for
+  every batch (a batch of one shape too); a dataset of one size stays as it
+  is, for the train step to resize."""
   items = [{'image': np.full((h, w, 3), 100 + i, np.uint8), 'label': i}
            for i, (h, w) in enumerate([(20, 30), (50, 10), (8, 8)])]
-  src = data_lib.TFDSSource(items, 8, 3)
+  src = data_lib.TFDSSource(items, 8, 3, mixed=True)
   images, labels = src.read(np.arange(3))
   assert images.shape == (3, 8, 8, 3) and list(labels) == [0, 1, 2]
   assert [int(images[i].mean()) for i in range(3)] == [100, 101, 102]
+  assert src.read(np.array([1]))[0].shape == (1, 8, 8, 3)
   same = data_lib.TFDSSource([{'image': np.zeros((20, 20), np.uint8)}] * 2, 8, 1)
   assert same.read(np.arange(2))[0].shape == (2, 20, 20, 1)

@@ -109,3 +109,43 @@ def test_a_text_model_trains_on_a_folders_own_captions(tmp_path, tiny_config):
   summary = train(c, str(tmp_path / 'wd'), progress=False)
   assert summary['step'] == 2 and np.isfinite(summary['final_loss'])
   assert (tmp_path / 'wd' / 'samples' / 'step_0000002.png').is_file()
+
+
+def test_ctrl_c_to_the_process_group_spares_the_workers_and_leaves_none(tmp_path):
+  """A terminal's Ctrl-C reaches the trainer and its grain workers: the
+  workers ignore it, the trainer saves and exits 130 with one line, and no
+  worker outlives it."""
+  import signal
+  import time
+  folder = _shapes(tmp_path / 'f')
+  wd = tmp_path / 'wd'
+  args = [sys.executable, os.path.join(REPO, 'train.py'),
+          f'--config={os.path.join(REPO, "configs", "tiny.py")}', f'--workdir={wd}',
+          '--config.data.name=folder', f'--config.data.folder={folder}',
+          '--config.data.workers=2', '--config.training.num_steps=100000',
+          '--config.training.log_every=1', '--config.training.checkpoint_every=100000']
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True)
+  metrics = wd / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and
+                                        len(metrics.read_text().splitlines()) >= 3):
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGINT)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 130, err[-2000:]
+  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err[-2000:]
+  assert 'stopped by SIGINT: saved the checkpoint of step' in out
+  time.sleep(2)
+  with pytest.raises(ProcessLookupError):   # nothing left in its session
+    os.killpg(proc.pid, 0)
+
+
+def test_class_names_that_are_digits_are_names_first(tiny_config):
+  from conftest import untrained_pipeline
+  c = tiny_config
+  c.model.class_conditional = True
+  c.data.num_classes, c.data.class_names = 3, ('1', '10', '2')
+  pipe = untrained_pipeline(c, lambda p: p)
+  req = pipe.request(num=3, labels=['10', '1', 2], sampler='ddim', num_steps=2)
+  assert list(req.y) == [1, 0, 2]

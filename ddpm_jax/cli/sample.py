@@ -73,11 +73,9 @@ _JUMPS = flags.DEFINE_integer('jumps', 0, 'Inpainting: RePaint resamplings per '
                               f'{", ".join(options.REPAINT_SAMPLERS)}).')
 
 
-def _labels() -> list[int | str] | None:
-  """Class ids, or the class names of a model trained on a folder."""
-  if not _LABEL.value:
-    return None
-  return [int(v) if v.lstrip('-').isdigit() else v for v in _LABEL.value]
+def _labels() -> list[str] | None:
+  """Class ids or names, as given (the pipeline resolves them)."""
+  return _LABEL.value or None
 
 
 def _prompts() -> list[str] | None:

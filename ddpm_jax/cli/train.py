@@ -107,6 +107,9 @@ def finish_message(config, workdir: str, summary: dict) -> str:
   if kind.autoencoder:
     lines.append('next: python train.py --config configs/mnist_latent.py '
                  f'--config.latent.autoencoder_workdir={workdir}')
+  elif kind.text and config.data.captions == 'folder':
+    lines.append(f'next: python sample.py --workdir {workdir} --prompt "..." '
+                 '--out samples.png   (one of your captions, or a new one)')
   elif kind.text:
     lines.append(f'next: python sample.py --workdir {workdir} --prompt "a seven" '
                  '--prompt "un tres" --num 16 --out samples.png')

@@ -131,6 +131,10 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
   labels = list(np.arange(num) % pipe.num_classes) if pipe.num_classes else None
   prompts = None
   if pipe.kind.text:
+    if d.captions not in captions.CAPTION_SETS:
+      raise UserError('the prompt accuracy uses held-out captions of the '
+                      f'digits or fashion classes; this model learned '
+                      f"data.captions={d.captions!r}")
     prompts, _ = captions.held_out_prompts(d.captions, language, num)
   conditional = pipe.kind.conditional
   if conditional and guidance_scale is None:

@@ -45,6 +45,9 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   t_cfg = config.training
   is_main = jax.process_index() == 0
   kind = config_lib.model_kind(config)
+  if config.data.name == 'folder' and config.data.folder:  # resumable from anywhere
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.folder = os.path.abspath(config.data.folder)
   own_captions = kind.text and config.data.captions == 'folder'
   source = data_lib.load_source(  # fails before touching the workdir
       config.data, labels=kind.classes, captions=own_captions, seed=config.seed)
