@@ -180,7 +180,7 @@ def test_sampler_from_config_builds_every_configured_sampler(tiny_config, name):
   tiny_config.sampling.num_steps = 5
   s = sampler_from_config(tiny_config)
   assert s.num_steps == 5
-  with pytest.raises(UserError, match='number of steps'):
+  with pytest.raises(UserError, match=r'num_steps must be in \[1, 50\] \(the number of sampling steps\)'):
     sampler_from_config(tiny_config, num_steps=10 ** 6)
 
 
