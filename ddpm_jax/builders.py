@@ -6,11 +6,11 @@ validation live in config.py."""
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import numpy as np
 
+from ddpm_jax import checks
 from ddpm_jax import diffusion
 from ddpm_jax import options
 from ddpm_jax import samplers as samplers_lib
@@ -87,10 +87,8 @@ def sampler_from_config(config, name: str | None = None,
   step count, variance, clipping and spacing unless given. Every check on a
   sampler request (name, step range, option names and values) lives here."""
   s = config.sampling
-  name = name or s.sampler
-  if name not in options.SAMPLERS:
-    raise UserError(f'unknown sampler {name!r}; choose one of '
-                    f'{list(options.SAMPLERS)}')
+  name = checks.choice('sampler', s.sampler if name is None else name,
+                       options.SAMPLERS)
   T = config.diffusion.num_timesteps
   if num_steps is None:
     num_steps = s.num_steps or T   # the config's 0 means all T steps
@@ -107,14 +105,13 @@ def sampler_from_config(config, name: str | None = None,
   defaults = {'var_type': s.var_type, 'clip_x0': s.clip_x0, 'spacing': s.spacing}
   opts = {**{k: v for k, v in defaults.items() if k in accepted},
           **sampler_options}
-  for key, allowed in (('spacing', options.SPACINGS),
-                       ('var_type', options.VAR_TYPES)):
-    if key in opts and opts[key] not in allowed:
-      raise UserError(f'{key} must be one of {list(allowed)}, got {opts[key]!r}')
+  checked = {'eta': lambda v: checks.number('eta', v, low=0),
+             'clip_x0': lambda v: checks.boolean('clip_x0', v),
+             'spacing': lambda v: checks.choice('spacing', v, options.SPACINGS),
+             'var_type': lambda v: checks.choice('var_type', v, options.VAR_TYPES)}
+  opts = {k: checked[k](v) if k in checked else v for k, v in opts.items()}
   if opts.get('spacing') == 'karras' and name not in options.SIGMA_SAMPLERS:
     raise UserError(f"spacing 'karras' is a σ grid: use it with one of "
                     f"{list(options.SIGMA_SAMPLERS)}, not {name}")
-  if 'eta' in opts and not (math.isfinite(opts['eta']) and opts['eta'] >= 0):
-    raise UserError(f'eta must be a finite number >= 0, got {opts["eta"]}')
   return samplers_lib.make_sampler(name, betas_from_config(config), num_steps,
                                    **opts)

@@ -20,7 +20,6 @@ plain conditional model (run as one pass) and 0 the unconditional one.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -35,7 +34,6 @@ from ddpm_jax import checks
 from ddpm_jax import config as config_lib
 from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
-from ddpm_jax import options
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sampling
 from ddpm_jax import sharding
@@ -236,7 +234,6 @@ class Pipeline:
     parameters; every check of `sample`'s arguments lives here."""
     num = checks.integer('num', num, low=1)
     seed = checks.integer('seed', seed)
-    sampler = checks.choice('sampler', sampler, options.SAMPLERS, optional=True)
     num_steps = checks.integer('num_steps', num_steps, low=1, optional=True)
     guidance_scale = checks.number('guidance_scale', guidance_scale,
                                    optional=True)
@@ -245,7 +242,6 @@ class Pipeline:
     jumps = checks.integer('jumps', jumps, low=0)
     capture_every = checks.integer('capture_every', capture_every, low=0)
     batch_size = checks.integer('batch_size', batch_size, low=1, optional=True)
-    sampler_options = _sampler_options(sampler_options)
     kind = self.kind
     if labels is not None and prompt is not None:
       raise UserError('use labels or a prompt, not both')
@@ -285,12 +281,12 @@ class Pipeline:
         outpaint is None):
       raise UserError('an init image needs a strength (img2img), a mask '
                       '(inpainting) or outpaint margins')
-    name = sampler or self.config.sampling.sampler
+    smp = self.sampler(sampler, num_steps, **sampler_options)  # checks them all
+    name = smp.name
     problem = sampling.repaint_problem(
         name, jumps, mask is not None or outpaint is not None, capture_every)
     if problem:
       raise UserError(problem)
-    smp = self.sampler(name, num_steps, **sampler_options)  # checks the options
     x_init = None if init_image is None else self._image(
         init_image, num, any_size=outpaint is not None)
     m = None if mask is None else self._mask(mask, num)
@@ -393,25 +389,6 @@ def _shape_of(value) -> tuple:
   if hasattr(value, 'mode') and isinstance(size, tuple):  # a PIL image
     return (size[1], size[0])
   return tuple(np.shape(value))
-
-
-def _sampler_options(opts: dict) -> dict:
-  """The samplers' keyword options, checked by type (builders checks that the
-  sampler takes them)."""
-  out = {}
-  for key, value in opts.items():
-    if key == 'eta':
-      out[key] = checks.number('eta', value, low=0)
-    elif key == 'clip_x0':
-      out[key] = checks.boolean('clip_x0', value)
-    elif key == 'spacing':
-      out[key] = checks.choice('spacing', value, options.SPACINGS)
-    elif key == 'var_type':
-      out[key] = checks.choice('var_type', value, options.VAR_TYPES)
-    else:
-      raise UserError(f'unknown argument {key}=; a sampler takes eta, clip_x0, '
-                      'spacing or var_type')
-  return out
 
 
 def _pad_to(a: np.ndarray, n: int) -> np.ndarray:

@@ -45,9 +45,6 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   t_cfg = config.training
   is_main = jax.process_index() == 0
   kind = config_lib.model_kind(config)
-  if config.data.name == 'folder' and config.data.folder:  # resumable from anywhere
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.data.folder = os.path.abspath(config.data.folder)
   own_captions = kind.text and config.data.captions == 'folder'
   source = data_lib.load_source(  # fails before touching the workdir
       config.data, labels=kind.classes, captions=own_captions, seed=config.seed)
@@ -56,14 +53,16 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   if len(source) < t_cfg.batch_size:
     raise TrainingError(f'the data has {len(source)} usable images, fewer than '
                         f'one batch of training.batch_size={t_cfg.batch_size}')
-  if getattr(source, 'class_names', None):  # a folder's classes, in the config
+  if config.data.name == 'folder':  # what the checkpoint records of a folder
     config = ml_collections.ConfigDict(config.to_dict())
-    config.data.num_classes = len(source.class_names)
-    config.data.class_names = tuple(source.class_names)
+    config.data.folder = os.path.abspath(config.data.folder)  # resumable anywhere
+    if source.class_names:
+      config.data.num_classes = len(source.class_names)
+      config.data.class_names = tuple(source.class_names)
     config_lib.validate(config, jax.device_count())
   mesh = sharding.make_mesh()
   ae_params = None
-  if config_lib.model_kind(config).latent:  # the frozen autoencoder, copied in
+  if kind.latent:  # the frozen autoencoder, copied in
     config, ae_params = latent_lib.attach_autoencoder(config, mesh)  # one line)
   prepare_workdir(workdir)
 
