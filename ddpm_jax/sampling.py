@@ -24,7 +24,8 @@ from ddpm_jax.xla_options import compiler_options
 
 
 def seed_key(seed: int) -> jax.Array:
-  """The random key of any Python integer seed. Seeds in [0, 2^32) give
+  """The random key of any Python integer seed (sampling, and a config's
+  training seed). Seeds in [0, 2^32) give
   `jax.random.key(seed)`; any other seed folds its sign and every further
   32-bit word in, so distinct seeds give distinct keys (`key` alone wraps
   them modulo 2^32)."""

@@ -222,7 +222,7 @@ class _SampleGrid:
 
   def __call__(self, state, step: int):
     config = self.config
-    key = jax.random.fold_in(jax.random.key(config.seed), step)
+    key = jax.random.fold_in(sampling.seed_key(config.seed), step)
     params = (latent_lib.joint_params(state.ema_params, state.autoencoder)
               if self.latent else state.ema_params)
     n, nrow = config.training.num_sample_images, None

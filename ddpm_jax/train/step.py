@@ -21,6 +21,7 @@ from ddpm_jax import captions as captions_lib
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
 from ddpm_jax import latent as latent_lib
+from ddpm_jax import sampling
 from ddpm_jax.models.autoencoder import make_ae_fns, make_ae_loss
 from ddpm_jax.models.layers import count_params, split_params
 from ddpm_jax.models.unet import make_apply
@@ -100,7 +101,7 @@ def init_train_state(config, autoencoder_params: Any = None
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      ema_params=jax.tree.map(jnp.copy, params),
                      opt_state=tx.init(params),
-                     rng=jax.random.key(config.seed),
+                     rng=sampling.seed_key(config.seed),
                      autoencoder=autoencoder_params)
   num_params = count_params(params)
   if kind.autoencoder:
