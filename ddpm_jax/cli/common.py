@@ -62,21 +62,43 @@ def _unknown_key(e: BaseException, argv: list[str]) -> str:
   return f'unknown config key {arg}' + (f' (did you mean {hint.group(1)}?)' if hint else '')
 
 
-def _config_paths(argv: list[str]) -> list[str]:
-  out = []
-  for i, a in enumerate(argv):
+def shipped_configs() -> dict[str, str]:
+  """name -> path of every config that ships with the package (the
+  repository's configs/ folder, installed as ddpm_jax.configs)."""
+  import importlib.resources
+  folder = importlib.resources.files('ddpm_jax.configs')
+  return {os.path.splitext(f.name)[0]: str(f) for f in folder.iterdir()
+          if f.name.endswith('.py') and not f.name.startswith('_')}
+
+
+def _resolve_config(value: str) -> str:
+  """A --config value as a file path: a path as given, or the shipped config
+  of that name (`mnist`, `cifar10`); `:args` after it are kept."""
+  path, sep, args = value.partition(':')
+  if os.path.isfile(path):
+    return value
+  shipped = shipped_configs()
+  name = path[:-3] if path.endswith('.py') and os.sep not in path else path
+  if name in shipped:
+    return shipped[name] + sep + args
+  fail(f'config file {path} does not exist (shipped configs: '
+       f'{", ".join(sorted(shipped))})')
+
+
+def _with_config_paths(argv: list[str]) -> list[str]:
+  """argv with each --config value resolved by `_resolve_config`."""
+  out = list(argv)
+  for i, a in enumerate(out):
     if a.startswith('--config='):
-      out.append(a.split('=', 1)[1])
-    elif a == '--config' and i + 1 < len(argv):
-      out.append(argv[i + 1])
-  return [p.split(':')[0] for p in out]
+      out[i] = '--config=' + _resolve_config(a.split('=', 1)[1])
+    elif a == '--config' and i + 1 < len(out):
+      out[i + 1] = _resolve_config(out[i + 1])
+  return out
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing where every mistake is one line and exit code 2."""
-  for path in _config_paths(argv):
-    if not os.path.isfile(path):
-      fail(f'config file {path} does not exist')
+  argv = _with_config_paths(argv)
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:  # unknown flag, bad value, missing required flag
@@ -88,6 +110,34 @@ def parse_flags(argv: list[str]) -> list[str]:
   if len(rest) > 1:
     fail(f'unexpected arguments: {" ".join(rest[1:])}')
   return rest
+
+
+def backend_line() -> str:
+  """Where this process computes: backend, device kind and count, and its
+  place among the processes of the run."""
+  import jax
+  devices = jax.local_devices()
+  kinds = sorted({d.device_kind for d in devices})
+  return (f'backend: {jax.default_backend()}, {len(devices)} x '
+          f'{"/".join(kinds)} (of {jax.device_count()} in all), process '
+          f'{jax.process_index()} of {jax.process_count()}')
+
+
+def nvidia_gpu_present() -> bool:
+  """Whether the NVIDIA driver sees a GPU on this machine."""
+  gpus = '/proc/driver/nvidia/gpus'
+  return os.path.isdir(gpus) and bool(os.listdir(gpus))
+
+
+def report_backend() -> None:
+  """Prints `backend_line()`, and a warning when an NVIDIA GPU is present
+  but JAX computes on the CPU (the CPU-only jaxlib is installed)."""
+  import jax
+  print(backend_line(), flush=True)
+  if jax.default_backend() == 'cpu' and nvidia_gpu_present():
+    print("warning: an NVIDIA GPU is present but JAX runs on the CPU; install "
+          "JAX's CUDA build: pip install -e '.[cuda12]' (or "
+          "pip install 'jax[cuda12]')", file=sys.stderr, flush=True)
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:
@@ -130,7 +180,10 @@ def run(main: Callable[[], object], positional: str | None = None,
 
   def wrapper(argv):
     del argv  # parse_flags refused positional arguments
-    logging.set_verbosity(logging.ERROR)  # Orbax logs routine saves at INFO/WARNING
+    # Warnings (JAX's "falling back to cpu" among them) show; Orbax's INFO
+    # lines about every routine save do not. --verbosity=0 shows them.
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
     warnings.formatwarning = _warning_line
     try:
       return main()

@@ -4,7 +4,8 @@
       [--bpd_images 64] [--inception_weights fid_inception.npz --ref_stats S.npz]
 
 Prints the report and writes it to <workdir>/eval_<step>.json; what it holds
-is listed in ddpm_jax/metrics/report.py.
+is listed in ddpm_jax/metrics/report.py. Installed, the same command is
+`ddpm-evaluate`.
 """
 
 import json
@@ -41,6 +42,7 @@ _BPD = flags.DEFINE_integer('bpd_images', 0, 'Held-out images for bits/dim (0: s
 
 def main() -> None:
   from ddpm_jax.metrics.report import evaluate  # after flag parsing: fast --help
+  common.report_backend()
   result, path = evaluate(
       _WORKDIR.value, num=_NUM.value, seed=_SEED.value, sampler=_SAMPLER.value,
       num_steps=_STEPS.value, batch=_BATCH.value, checkpoint=_CHECKPOINT.value,
@@ -56,5 +58,9 @@ SPELLINGS = {'num': '--num', 'seed': '--seed', 'bpd_images': '--bpd_images', 'nu
              'inception_weights': '--inception_weights', 'batch_size': '--batch',
              'guidance_scale': '--guidance-scale'}
 
-if __name__ == '__main__':
+def run() -> None:
   common.run(main, spellings=SPELLINGS)
+
+
+if __name__ == '__main__':
+  run()

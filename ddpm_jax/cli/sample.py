@@ -18,7 +18,8 @@ input images and masks are at its pixel size (32x32 for MNIST).
 
 Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
 <stem>.npy, with --gif an animation of the reverse process as <stem>.gif.
-Uses the EMA weights unless --raw. Same as `python -m ddpm_jax.cli.sample`.
+Uses the EMA weights unless --raw. Same as `python -m ddpm_jax.cli.sample`
+and, installed, `ddpm-sample`.
 """
 
 from absl import flags
@@ -114,6 +115,7 @@ def _margins() -> tuple[int, ...] | None:
 
 def main() -> None:
   from ddpm_jax.pipeline import write_samples  # after flag parsing: fast --help
+  common.report_backend()
   options = {k: v for k, v in dict(eta=_ETA.value, clip_x0=_CLIP.value,
                                    spacing=_SPACING.value).items() if v is not None}
   paths = write_samples(

@@ -2,6 +2,7 @@
 
   python train.py [--config configs/X.py] [--workdir DIR] [--config.a.b=v ...]
   python -m ddpm_jax.cli.train ...          (the same command)
+  ddpm-train --config mnist ...             (installed; a shipped config by name)
 
 Running it again with the same workdir resumes from the latest checkpoint;
 without --config it resumes with the config stored in that checkpoint (and
@@ -22,9 +23,10 @@ from absl import flags
 
 from ddpm_jax.cli import common
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_CONFIG = common.define_config(os.path.join(_REPO, 'configs', 'mnist.py'),
-                               'Training config file.')
+_CONFIG = common.define_config(
+    common.shipped_configs()['mnist'],
+    'Training config: a file, or the name of a shipped config (mnist, '
+    'cifar10, tiny, ...: the files of configs/).')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config>).')
 _COORDINATOR = flags.DEFINE_string(
@@ -79,6 +81,7 @@ def main() -> None:
     jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
   runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                  _PROCESS_ID.value, _DISTRIBUTED.value)
+  common.report_backend()
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', os.path.splitext(os.path.basename(common.config_path()))[0])
   config = _config(_WORKDIR.value)

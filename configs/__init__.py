@@ -1,0 +1,1 @@
+"""The shipped configs: `--config NAME` takes any of these files by name."""
