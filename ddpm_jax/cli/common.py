@@ -10,6 +10,7 @@ into its flags (`--init-image`, `--overwrite`).
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import re
 import sys
@@ -180,10 +181,12 @@ def run(main: Callable[[], object], positional: str | None = None,
 
   def wrapper(argv):
     del argv  # parse_flags refused positional arguments
-    # Warnings (JAX's "falling back to cpu" among them) show; Orbax's INFO
-    # lines about every routine save do not. --verbosity=0 shows them.
+    # JAX's warnings ("falling back to cpu" among them; Python loggers named
+    # jax.*) show. Orbax and TFDS log routine saves and reads through absl's
+    # logger: only its errors show, unless --verbosity is given.
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)
+      pylogging.getLogger('absl').setLevel(pylogging.ERROR)
     warnings.formatwarning = _warning_line
     try:
       return main()
