@@ -112,7 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.min_snr_gamma = 5.0
 
   c.training = ml_collections.ConfigDict()
-  c.training.batch_size = 32
+  c.training.batch_size = 32       # images per update (over all devices)
+  c.training.grad_accum_steps = 1  # k: the batch runs as k micro-batches
   c.training.num_steps = 1000
   c.training.learning_rate = 2e-3
   c.training.warmup_steps = 100
@@ -225,7 +226,7 @@ RESUME_FIXED = ('seed', 'diffusion.schedule', 'diffusion.num_timesteps',
                 'diffusion.beta_start', 'diffusion.beta_end',
                 'diffusion.prediction', 'data.name', 'data.folder',
                 'data.split', 'data.image_size', 'data.resize', 'data.channels',
-                'training.batch_size')
+                'training.batch_size', 'training.grad_accum_steps')
 
 
 def _field(config, dotted: str):
@@ -275,6 +276,14 @@ def validate(config, num_devices: int = 1) -> None:
   if t.batch_size % num_devices:
     raise ConfigError(f'training.batch_size={t.batch_size} does not divide over '
                       f'{num_devices} devices; use a multiple of {num_devices}')
+  k = t.grad_accum_steps
+  if not isinstance(k, int) or k <= 0:
+    raise ConfigError(f'training.grad_accum_steps must be a positive integer, '
+                      f'got {k!r}')
+  if t.batch_size % (k * num_devices):
+    raise ConfigError(f'training.batch_size={t.batch_size} does not split into '
+                      f'training.grad_accum_steps={k} micro-batches over '
+                      f'{num_devices} devices; use a multiple of {k * num_devices}')
   if t.num_steps <= 0:
     raise ConfigError(f'training.num_steps must be positive, got {t.num_steps}')
   for name in ('checkpoint_every', 'log_every', 'keep_checkpoints'):

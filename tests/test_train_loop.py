@@ -50,6 +50,11 @@ def test_sigterm_checkpoints_and_exits_143_then_resumes(tmp_path):
                       f'--workdir={wd}', '--config.training.batch_size=16'],
                      capture_output=True, text=True, timeout=240)
   assert r.returncode == 2 and 'training.batch_size is 8 in the checkpoint' in r.stderr
+  r = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'),
+                      f'--workdir={wd}', '--config.training.grad_accum_steps=2'],
+                     capture_output=True, text=True, timeout=240)
+  assert r.returncode == 2, r.stderr
+  assert 'training.grad_accum_steps is 1 in the checkpoint but 2 now' in r.stderr
 
 
 def _interrupt(args, when=None, *, signals=(signal.SIGINT,), wait_for=None):

@@ -2,6 +2,7 @@ import dataclasses
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -131,3 +132,63 @@ def test_a_non_finite_update_is_not_applied(tiny_config):
     assert np.isfinite(float(m['loss'])) and np.isfinite(float(m['grad_norm']))
     assert int(m['finite']) == 0
   chex.assert_trees_all_equal(jax.device_get((state.params, state.ema_params)), before)
+
+
+def _deterministic(setup):
+  """The model's ε-loss with t and ε fixed by each image (no random key), so
+  a batch and its micro-batches see the same draws."""
+  from ddpm_jax import diffusion
+  s = setup.schedule
+
+  def objective(params, ae_params, x, y, key):
+    t = (jnp.abs(x).sum(axis=(1, 2, 3)) * 37).astype(jnp.int32) % s.num_timesteps
+    noise = jnp.flip(x, axis=2) * 0.5 + 0.1
+    out = setup.apply(params, diffusion.q_sample(s, x, t, noise), t, y, key)
+    return jnp.mean((out - noise) ** 2), {'t_mean': jnp.mean(t.astype(jnp.float32))}
+  return objective
+
+
+def test_grad_accumulation_equals_one_big_batch(tiny_config):
+  tiny_config.training.batch_size = 16
+  batches = _batches(tiny_config, 2)
+  out = {}
+  for k in (1, 4):
+    tiny_config.training.grad_accum_steps = k
+    setup, state = step_lib.init_train_state(tiny_config)
+    setup = dataclasses.replace(setup, objective=_deterministic(setup))
+    mesh = sharding.make_mesh(jax.devices()[:2])
+    state = sharding.replicate(state, mesh)
+    step = step_lib.make_train_step(setup, mesh)
+    ms = []
+    for b in batches:
+      state, m = step(state, sharding.shard_batch(b, mesh))
+      ms.append(jax.device_get(m))
+    out[k] = jax.device_get(state), ms
+  (s1, m1), (s4, m4) = out[1], out[4]
+  assert int(s4.step) == int(s1.step) == 2   # one counted step per update
+  for a, b in zip(m1, m4):
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
+    np.testing.assert_allclose(a['grad_norm'], b['grad_norm'], rtol=1e-4)
+    np.testing.assert_allclose(a['t_mean'], b['t_mean'], rtol=1e-6)
+  chex.assert_trees_all_close(s1.params, s4.params, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(s1.ema_params, s4.ema_params, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(s1.opt_state, s4.opt_state, rtol=1e-4, atol=1e-6)
+
+
+def test_grad_accumulation_runs_the_real_objective(tiny_config):
+  tiny_config.training.grad_accum_steps = 2
+  tiny_config.training.batch_size = 16
+  state, losses = _run(tiny_config, jax.devices(), _batches(tiny_config, 2))
+  assert int(state.step) == 2 and np.all(np.isfinite(losses))
+
+
+def test_grad_accumulation_must_split_the_batch(tiny_config):
+  from ddpm_jax import config as config_lib
+  tiny_config.training.batch_size = 12
+  tiny_config.training.grad_accum_steps = 4
+  with pytest.raises(config_lib.ConfigError, match='micro-batches over 2 devices; '
+                     'use a multiple of 8'):
+    config_lib.validate(tiny_config, 2)
+  tiny_config.training.grad_accum_steps = 0
+  with pytest.raises(config_lib.ConfigError, match='positive integer'):
+    config_lib.validate(tiny_config, 1)

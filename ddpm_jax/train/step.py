@@ -143,6 +143,42 @@ def latent_encoder(config) -> Callable:
   return to_latent
 
 
+def make_accumulate(objective: Objective, k: int) -> Callable:
+  """accumulate(params, ae_params, x0_B..., y_B... or None, key) ->
+  (loss, aux, grads) of the whole batch. With k > 1 the batch is split into
+  k micro-batches of B/k (example j*k + i goes to micro-batch i, so each
+  device keeps its own rows), run one after another in a `lax.scan` (only
+  one micro-batch's activations live at a time), micro-batch i with key
+  fold_in(key, i); loss, aux and gradients are their means, which for equal
+  micro-batches is the whole batch's mean."""
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  if k == 1:
+    def one(params, ae_params, x0, y, key):
+      (loss, aux), grads = grad_fn(params, ae_params, x0, y, key)
+      return loss, aux, grads
+    return one
+
+  def split(a):  # (B, ...) -> (k, B/k, ...)
+    return jnp.moveaxis(a.reshape((a.shape[0] // k, k) + a.shape[1:]), 1, 0)
+
+  def accumulate(params, ae_params, x0, y, key):
+    xs = jax.tree.map(split, (x0, y))
+
+    def micro(total, inputs):
+      i, (x_i, y_i) = inputs
+      (loss, aux), grads = grad_fn(params, ae_params, x_i, y_i,
+                                   jax.random.fold_in(key, i))
+      return jax.tree.map(jnp.add, total, (loss, aux, grads)), None
+
+    shapes = jax.eval_shape(lambda: grad_fn(params, ae_params, *jax.tree.map(
+        lambda a: a[0], xs), key))
+    (loss, aux), grads = shapes
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (loss, aux, grads))
+    total, _ = jax.lax.scan(micro, zeros, (jnp.arange(k), xs))
+    return jax.tree.map(lambda a: a / k, total)
+  return accumulate
+
+
 def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
   """train_step(state, batch) -> (state, metrics), jitted and donating state.
 
@@ -161,6 +197,7 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
                                                      config.model.text_max_len))
     empty = jnp.asarray(builders.null_condition(config, 1))
   objective, tx = setup.objective, setup.tx
+  accumulate = make_accumulate(objective, t_cfg.get('grad_accum_steps', 1))
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     key = jax.random.fold_in(state.rng, state.step)
@@ -181,10 +218,7 @@ def make_train_step(setup: Setup, mesh: Mesh) -> Callable:
       else:
         y = jnp.where(drop, d_cfg.num_classes, label)
 
-    def loss_fn(params):
-      return objective(params, state.autoencoder, x0, y, key)
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss, aux, grads = accumulate(state.params, state.autoencoder, x0, y, key)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
