@@ -1,14 +1,72 @@
-"""Atomic file writes: a failure never leaves half a file or replaces a good one."""
+"""Every file the project writes or checks, local or in an object store.
+
+A path with a scheme (`gs://bucket/run`, or whatever else `etils.epath`
+supports) goes through epath; a local path through `os`. Writes never leave
+half a file and never replace a good one: locally a file is written under a
+temporary name, fsynced and renamed; in an object store an object appears
+only when its upload completes, and it is uploaded only after every writer
+of the call has succeeded.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import posixpath
 import tempfile
+import time
 from typing import BinaryIO, Callable, Sequence
+
+from etils import epath
 
 from ddpm_jax.errors import UserError
 
 Writer = Callable[[BinaryIO], object]
+
+
+def is_remote(path: str) -> bool:
+  """Whether `path` names an object store (it has a scheme: gs://...)."""
+  return '://' in str(path)
+
+
+def join(path: str, *parts: str) -> str:
+  return (posixpath.join(str(path), *parts) if is_remote(path)
+          else os.path.join(path, *parts))
+
+
+def absolute(path: str) -> str:
+  """A local path made absolute; an object-store path as it is."""
+  return str(path) if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+  return epath.Path(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def isfile(path: str) -> bool:
+  if is_remote(path):
+    p = epath.Path(path)
+    return p.exists() and not p.is_dir()
+  return os.path.isfile(path)
+
+
+def makedirs(path: str) -> None:
+  """Creates a folder and its parents (an object store needs none)."""
+  if is_remote(path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def read_bytes(path: str) -> bytes:
+  if is_remote(path):
+    return epath.Path(path).read_bytes()
+  with open(path, 'rb') as f:
+    return f.read()
 
 
 def require_utf8(path: str, what: str) -> None:
@@ -24,7 +82,13 @@ def require_utf8(path: str, what: str) -> None:
 def probe_writable(directory: str) -> None:
   """Creates and removes a unique file in `directory`; raises the OSError if
   that fails. Unlike os.access, this also holds for root and for read-only
-  or special file systems."""
+  or special file systems; in an object store it proves the bucket takes
+  writes."""
+  if is_remote(directory):
+    p = epath.Path(directory) / f'.write_test_{os.getpid()}_{time.time_ns()}'
+    p.write_bytes(b'')
+    p.unlink()
+    return
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.write_test_')
   os.close(fd)
   os.remove(tmp)
@@ -35,10 +99,17 @@ def atomic_write_all(paths: Sequence[str], writers: Sequence[Writer]) -> None:
   name, so neither a symlink planted there nor a concurrent writer is
   followed), fsyncs it, and only when every writer has succeeded renames each
   over its path. On failure the temporary files are removed and no path is
-  touched."""
+  touched. Object-store paths are written into memory first and uploaded
+  when every writer has succeeded."""
   tmps: list[str] = []
+  uploads: list[tuple[str, bytes]] = []
   try:
     for path, write in zip(paths, writers, strict=True):
+      if is_remote(path):
+        buf = io.BytesIO()
+        write(buf)
+        uploads.append((path, buf.getvalue()))
+        continue
       fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                                  prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
       tmps.append(tmp)
@@ -46,7 +117,9 @@ def atomic_write_all(paths: Sequence[str], writers: Sequence[Writer]) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-    for tmp, path in zip(tmps, paths):
+    for path, data in uploads:
+      epath.Path(path).write_bytes(data)
+    for tmp, path in zip(tmps, [p for p in paths if not is_remote(p)]):
       os.replace(tmp, path)
   finally:
     for tmp in tmps:
@@ -57,3 +130,38 @@ def atomic_write_all(paths: Sequence[str], writers: Sequence[Writer]) -> None:
 def atomic_write(path: str, write: Writer) -> None:
   """`atomic_write_all` of one file."""
   atomic_write_all([path], [write])
+
+
+class AppendFile:
+  """A file that grows by appended records (metrics rows, event records).
+
+  Locally each `append` goes to the end of the file at once. An object
+  cannot be appended to: this process's whole content is kept and the
+  object rewritten by `flush`, at most every `upload_every_s` seconds unless
+  forced (a checkpoint, the end of the run); `initial` is what the object
+  held before (kept at its start)."""
+
+  def __init__(self, path: str, upload_every_s: float = 60.0,
+               initial: bytes = b''):
+    self.path = path
+    self.remote = is_remote(path)
+    self.upload_every_s = upload_every_s
+    self._content = bytearray(initial)
+    self._uploaded = len(initial)
+    self._last_upload = time.monotonic()
+
+  def append(self, data: bytes) -> None:
+    if self.remote:
+      self._content += data
+      self.flush()
+    else:
+      with open(self.path, 'ab') as f:
+        f.write(data)
+
+  def flush(self, force: bool = False) -> None:
+    if not self.remote or len(self._content) == self._uploaded:
+      return
+    if force or time.monotonic() - self._last_upload >= self.upload_every_s:
+      epath.Path(self.path).write_bytes(bytes(self._content))
+      self._uploaded = len(self._content)
+      self._last_upload = time.monotonic()

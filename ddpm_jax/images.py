@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import BinaryIO
@@ -11,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ddpm_jax.data import to_uint8
 from ddpm_jax.errors import UserError
-from ddpm_jax.files import atomic_write
+from ddpm_jax import files
 
 # Input images larger than this many pixels are refused before decoding.
 MAX_INPUT_PIXELS = 4096 * 4096
@@ -52,20 +53,21 @@ def write_gif(frames_FBHWC, f: BinaryIO, nrow: int | None = None, scale: int = 2
 
 
 def save_grid(x_BHWC, path: str, nrow: int | None = None, scale: int = 2) -> None:
-  """`write_grid` into `path` atomically, creating its folder."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  atomic_write(path, lambda f: write_grid(x_BHWC, f, nrow, scale))
+  """`write_grid` into `path` (local or gs://) atomically, creating its folder."""
+  files.makedirs(os.path.dirname(files.absolute(path)))
+  files.atomic_write(path, lambda f: write_grid(x_BHWC, f, nrow, scale))
 
 
 def read_image(path: str, channels: int, what: str) -> np.ndarray:
   """A PNG/JPEG as float32 [H, W, C] in [-1, 1]; an unreadable, corrupt or
   huge file is one UserError."""
-  if os.path.isdir(path):
+  if files.isdir(path):
     raise UserError(f'{what} {path} is a directory, not an image file')
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f'{what} {path} does not exist')
   try:
-    with Image.open(path) as img:
+    source = io.BytesIO(files.read_bytes(path)) if files.is_remote(path) else path
+    with Image.open(source) as img:
       if img.width * img.height > MAX_INPUT_PIXELS:
         raise UserError(f'{what} {path} is {img.width}x{img.height} pixels, more '
                         'than an input image can be')

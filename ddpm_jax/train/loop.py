@@ -8,6 +8,7 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -17,6 +18,7 @@ from ddpm_jax import captions as captions_lib
 from ddpm_jax import checkpoint as ckpt_lib
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
+from ddpm_jax import files
 from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
 from ddpm_jax import sampling
@@ -24,8 +26,9 @@ from ddpm_jax import sharding
 from ddpm_jax import tokenizer
 from ddpm_jax.input_pipeline import BatchIterator
 from ddpm_jax.train import step as step_lib
+from ddpm_jax.train import events as events_lib
 from ddpm_jax.train.runtime import (MetricsWriter, Preemption, TrainingError,
-                                    WorkdirLock, prepare_workdir)
+                                    prepare_workdir, workdir_lock)
 
 
 def train(config, workdir: str, *, progress: bool = True,
@@ -70,7 +73,7 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
                              jax.process_index(), jax.process_count(),
                              config.model.text_max_len if own_captions else 0)
   setup, state = step_lib.init_train_state(config, ae_params)
-  lock = WorkdirLock(workdir)
+  lock = workdir_lock(workdir)
   if is_main:
     lock.acquire()
   try:
@@ -94,42 +97,97 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
     lock.release()
 
 
-class _StepResults:
-  """Host side of the steps: metrics are fetched one step late so the device
-  never idles, and every fetch goes through `flush`."""
+# The steps only dispatch work: nothing is pulled from the device but at
+# logging, checkpoint and grid steps (`host_transfers`). Set
+# DDPM_JAX_STEP_TRANSFER_GUARD=disallow_explicit to make any other pull an
+# error (a test does); 'log_explicit' logs them.
+STEP_TRANSFER_GUARD = os.environ.get('DDPM_JAX_STEP_TRANSFER_GUARD', 'allow')
+
+
+def host_transfers():
+  """Where the steps may pull values from the device."""
+  return jax.transfer_guard_device_to_host('allow')
+
+
+_WINDOW_KEYS = ('steps', 'bad', 'first_bad', 'last_bad', 'bad_loss', 'last_loss')
+
+
+@jax.jit
+def _zero_window(m):
+  z = {k: jnp.zeros((), jnp.float32) for k in m if k != 'finite'}
+  return {**z, 'steps': jnp.zeros((), jnp.int32), 'bad': jnp.zeros((), jnp.int32),
+          'first_bad': jnp.full((), -1, jnp.int32),
+          'last_bad': jnp.full((), -1, jnp.int32),
+          'bad_loss': jnp.zeros((), jnp.float32),
+          'last_loss': jnp.full((), jnp.nan, jnp.float32)}
+
+
+@jax.jit
+def _fold(window, m, step):
+  """Adds one step's metrics to the window, on the device: sums of the
+  finite steps' values, and where the non-finite steps were."""
+  ok = m['finite'] > 0
+  out = {k: window[k] + jnp.where(ok, m[k].astype(jnp.float32), 0.0)
+         for k in m if k != 'finite'}
+  first = ~ok & (window['first_bad'] < 0)
+  return {**out, 'steps': window['steps'] + 1,
+          'bad': window['bad'] + (~ok).astype(jnp.int32),
+          'first_bad': jnp.where(first, step, window['first_bad']),
+          'last_bad': jnp.where(ok, window['last_bad'], step),
+          'bad_loss': jnp.where(first, m['loss'].astype(jnp.float32),
+                                window['bad_loss']),
+          'last_loss': jnp.where(ok, m['loss'].astype(jnp.float32),
+                                 window['last_loss'])}
+
+
+class _Window:
+  """The steps' metrics, summed on the device and pulled to the host only by
+  `fetch` (at logging, checkpoint and grid steps), which applies the NaN
+  policy: a non-finite step changed nothing (train_step keeps the old
+  state), so finding it a few steps late is safe. `take_means` gives the
+  means of the finite steps since it was last called."""
 
   def __init__(self, t_cfg, directory: str):
     self.t_cfg, self.directory = t_cfg, directory
-    self.pending = None
+    self.window = None
+    self.sums: dict[str, float] = {}
+    self.finite_steps = 0
     self.skipped = 0
     self.last_loss = float('nan')
-    self.window_sum, self.window_count = 0.0, 0
 
   def add(self, step: int, metrics) -> None:
-    self.flush()
-    self.pending = (step, metrics)
+    if self.window is None:
+      self.window = _zero_window(metrics)
+    self.window = _fold(self.window, metrics, step)
 
-  def flush(self) -> None:
-    if self.pending is None:
+  def fetch(self) -> None:
+    if self.window is None:
       return
-    s, m = self.pending
-    self.pending = None
-    m = jax.device_get(m)
-    if not m['finite']:
-      if self.t_cfg.nan_policy == 'skip' and self.skipped < self.t_cfg.max_skipped_steps:
-        self.skipped += 1
-        return
-      raise TrainingError(f'non-finite loss, gradient or update at step {s} '
-                          f'(loss={float(m["loss"])}); the last good checkpoint '
-                          f'is kept in {self.directory}')
-    self.last_loss = float(m['loss'])
-    self.window_sum += self.last_loss
-    self.window_count += 1
+    w = jax.device_get(self.window)
+    self.window = None
+    bad = int(w['bad'])
+    if bad:
+      t = self.t_cfg
+      if t.nan_policy == 'skip' and self.skipped + bad <= t.max_skipped_steps:
+        self.skipped += bad
+      else:
+        s = int(w['first_bad'] if t.nan_policy != 'skip' else w['last_bad'])
+        raise TrainingError(f'non-finite loss, gradient or update at step {s} '
+                            f'(loss={float(w["bad_loss"])}); the last good '
+                            f'checkpoint is kept in {self.directory}')
+    n = int(w['steps']) - bad
+    if n:
+      self.last_loss = float(w['last_loss'])
+    self.finite_steps += n
+    for k, v in w.items():
+      if k not in _WINDOW_KEYS:
+        self.sums[k] = self.sums.get(k, 0.0) + float(v)
 
-  def take_window_mean(self) -> float:
-    mean = self.window_sum / self.window_count if self.window_count else float('nan')
-    self.window_sum, self.window_count = 0.0, 0
-    return mean
+  def take_means(self) -> dict[str, float]:
+    n = self.finite_steps
+    means = {k: v / n if n else float('nan') for k, v in self.sums.items()}
+    self.sums, self.finite_steps = {}, 0
+    return means
 
 
 def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
@@ -137,10 +195,12 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
   t_cfg = config.training
   kind = config_lib.model_kind(config)
   train_step = step_lib.make_train_step(setup, mesh)
+  learning_rate = step_lib.learning_rate_schedule(t_cfg)
   grid = (None if not t_cfg.num_sample_images
           else _ReconstructionGrid(setup, source, mesh)
           if kind.autoencoder else _SampleGrid(setup, mesh, source))
   writer = MetricsWriter(workdir, is_main)
+  events = events_lib.EventWriter(workdir, is_main)
   start = int(jax.device_get(state.step))
   t0 = t_log = time.time()
   if preempt.should_stop(start):  # a signal while starting: nothing to save
@@ -148,57 +208,79 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
             'preempted': True, 'signal': preempt.signal_name,
             'num_params': setup.num_params, 'skipped_steps': 0, 'wall_time_s': 0.0}
   writer.truncate_after(start)
+  events.truncate_after(start)
   if is_main and start:
     print(f'resuming from checkpoint at step {start} in {ckpt.directory}')
   pbar = tqdm(total=t_cfg.num_steps, initial=start, disable=not (progress and is_main),
               dynamic_ncols=True, desc='train')
   # The next batches are decoded (in grain workers) while the device computes.
   with BatchIterator(batches, start, t_cfg.num_steps, config.data.workers) as inputs:
-    results = _StepResults(t_cfg, ckpt.directory)
+    window = _Window(t_cfg, ckpt.directory)
     steps_in_window = 0
 
     def save(done: int) -> None:
-      results.flush()  # a non-finite step must stop before it is saved
-      meta = {'config': json.loads(config.to_json())}
-      if kind.autoencoder:  # every autoencoder checkpoint can serve
-        meta['latent_scale'] = latent_lib.latent_scale(
-            setup.ae.encode, state.ema_params, source, config)
-      ckpt.save(done, state.to_saveable(), meta)
+      with host_transfers():
+        window.fetch()  # a non-finite step stops here, before it is saved
+        meta = {'config': json.loads(config.to_json())}
+        if kind.autoencoder:  # every autoencoder checkpoint can serve
+          meta['latent_scale'] = latent_lib.latent_scale(
+              setup.ae.encode, state.ema_params, source, config)
+        ckpt.save(done, state.to_saveable(), meta)
+      writer.flush()
+      events.flush()
 
-    for step in range(start, t_cfg.num_steps):
-      batch = sharding.shard_batch(next(inputs), mesh)
-      state, metrics = train_step(state, batch)
-      results.add(step, metrics)
-      steps_in_window += 1
-      done = step + 1
-      last = done == t_cfg.num_steps
-      if done % t_cfg.log_every == 0 or last:
-        results.flush()
-        now = time.time()
-        writer.write(done, loss=results.take_window_mean(),
-                     steps_per_sec=steps_in_window / max(now - t_log, 1e-9),
-                     skipped=results.skipped, time=now - t0)
-        t_log, steps_in_window = now, 0
-        pbar.set_postfix(loss=f'{results.last_loss:.4f}')
-      pbar.update(1)
-      stop = preempt.should_stop(done)
-      if done % t_cfg.checkpoint_every == 0 or last or stop:
-        save(done)
-      if stop:  # a signal: the step is finished and saved
-        break
-      if grid is not None and (
-          (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last):
-        x, nrow = grid(state, done)
-        if is_main:
-          images_lib.save_grid(x, os.path.join(workdir, 'samples',
-                                               f'step_{done:07d}.png'), nrow=nrow)
-    pbar.close()
-    results.flush()
-    step = int(jax.device_get(state.step))
-    return {'step': step, 'final_loss': results.last_loss,
+    try:
+      with jax.transfer_guard_device_to_host(STEP_TRANSFER_GUARD):
+        for step in range(start, t_cfg.num_steps):
+          batch = sharding.shard_batch(next(inputs), mesh)
+          state, metrics = train_step(state, batch)
+          window.add(step, metrics)
+          steps_in_window += 1
+          done = step + 1
+          last = done == t_cfg.num_steps
+          if done % t_cfg.log_every == 0 or last:
+            with host_transfers():
+              window.fetch()
+              lr = float(learning_rate(done))
+            now = time.time()
+            rate = steps_in_window / max(now - t_log, 1e-9)
+            means = window.take_means()
+            loss = means.pop('loss', float('nan'))
+            extra = {k: means[k] for k in sorted(means)}   # grad_norm, AE terms
+            writer.write(done, loss=loss, steps_per_sec=rate,
+                         skipped=window.skipped, time=now - t0, learning_rate=lr,
+                         images_per_sec=rate * t_cfg.batch_size, **extra)
+            events.scalars(done, loss=loss, learning_rate=lr,
+                           skipped_steps=window.skipped, steps_per_sec=rate,
+                           images_per_sec=rate * t_cfg.batch_size, **extra)
+            t_log, steps_in_window = now, 0
+            pbar.set_postfix(loss=f'{window.last_loss:.4f}')
+          pbar.update(1)
+          stop = preempt.should_stop(done)
+          if done % t_cfg.checkpoint_every == 0 or last or stop:
+            save(done)
+          if stop:  # a signal: the step is finished and saved
+            break
+          if grid is not None and (
+              (t_cfg.sample_every and done % t_cfg.sample_every == 0) or last):
+            with host_transfers():
+              x, nrow = grid(state, done)
+            if is_main:
+              images_lib.save_grid(x, files.join(workdir, 'samples',
+                                                 f'step_{done:07d}.png'), nrow=nrow)
+              events.image(done, 'reconstructions' if kind.autoencoder else 'samples',
+                           images_lib.make_grid(x, nrow))
+      pbar.close()
+      with host_transfers():
+        window.fetch()
+        step = int(jax.device_get(state.step))
+    finally:
+      writer.flush()
+      events.flush()
+    return {'step': step, 'final_loss': window.last_loss,
             'steps_run': step - start, 'preempted': preempt.requested,
             'signal': preempt.signal_name, 'num_params': setup.num_params,
-            'skipped_steps': results.skipped, 'wall_time_s': time.time() - t0}
+            'skipped_steps': window.skipped, 'wall_time_s': time.time() - t0}
 
 
 class _SampleGrid:

@@ -9,12 +9,14 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 
 import jax
 
 from ddpm_jax.errors import UserError
-from ddpm_jax.files import probe_writable, require_utf8
+from ddpm_jax import files
+from ddpm_jax.files import require_utf8
 
 
 class TrainingError(UserError):
@@ -25,11 +27,21 @@ def prepare_workdir(workdir: str) -> None:
   """Creates the workdir and proves it writable, or raises one clear line."""
   require_utf8(workdir, 'workdir')
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe_writable(workdir)
+    files.makedirs(workdir)
+    files.probe_writable(workdir)
   except OSError as e:
     raise TrainingError(f'workdir {workdir} is not writable: '
-                        f'{e.strerror or e}') from e
+                        f'{e.strerror or _short(e)}') from e
+
+
+def _short(e: BaseException) -> str:
+  return ' '.join(str(e).split())[:300] or type(e).__name__
+
+
+def workdir_lock(workdir: str) -> 'WorkdirLock | ObjectStoreLock':
+  """The lock that keeps a second trainer out of `workdir`."""
+  return (ObjectStoreLock(workdir) if files.is_remote(workdir)
+          else WorkdirLock(workdir))
 
 
 class WorkdirLock:
@@ -66,6 +78,70 @@ class WorkdirLock:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+
+
+class ObjectStoreLock:
+  """`<workdir>/train.lock` in an object store, where there is no flock: an
+  object holding "pid host token unix_time", rewritten every `heartbeat_s`
+  by a thread while training and deleted on release. A starter refuses a
+  lock of another run written less than `stale_s` ago; an older one is
+  taken as left by a run that died (so a run killed without warning blocks
+  a restart for at most `stale_s`). Best effort: two starters within the
+  same moment can both pass, since epath offers no compare-and-swap; the
+  documented rule is one run per workdir (docs/multihost.md).
+  """
+
+  def __init__(self, workdir: str, heartbeat_s: float = 20.0,
+               stale_s: float = 60.0):
+    self.path = files.join(workdir, 'train.lock')
+    self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+    self.token = uuid.uuid4().hex
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def _record(self) -> bytes:
+    return (f'{os.getpid()} {socket.gethostname()} {self.token} '
+            f'{time.time():.0f}\n').encode()
+
+  def acquire(self) -> None:
+    from etils import epath
+    try:
+      owner = files.read_bytes(self.path).decode(errors='replace').split()
+    except FileNotFoundError:
+      owner = []
+    if len(owner) == 4 and owner[2] != self.token:
+      age = time.time() - float(owner[3]) if owner[3].isdigit() else self.stale_s
+      if age < self.stale_s:
+        raise TrainingError(
+            f'another trainer (pid {owner[0]} on host {owner[1]}) updated '
+            f'{self.path} {age:.0f} s ago; stop it first (if it is dead, '
+            f'start again in {self.stale_s - age:.0f} s)')
+    epath.Path(self.path).write_bytes(self._record())
+    self._thread = threading.Thread(target=self._beat, daemon=True,
+                                    name='workdir-lock')
+    self._thread.start()
+
+  def _beat(self) -> None:
+    from etils import epath
+    while not self._stop.wait(self.heartbeat_s):
+      try:
+        epath.Path(self.path).write_bytes(self._record())
+      except OSError:   # the store is unreachable for now: try again later
+        pass
+
+  def release(self) -> None:
+    if self._thread is None:
+      return
+    self._stop.set()
+    self._thread.join()
+    self._thread = None
+    try:
+      owner = files.read_bytes(self.path).decode(errors='replace').split()
+      if len(owner) == 4 and owner[2] == self.token:
+        from etils import epath
+        epath.Path(self.path).unlink()
+    except OSError:  # unreachable: the lock goes stale by itself
+      pass
 
 
 # The exit status of a run stopped by a signal (after saving where a step
@@ -151,34 +227,40 @@ class MetricsWriter:
   """Scalars as JSON lines in <workdir>/metrics.jsonl (process 0 only)."""
 
   def __init__(self, workdir: str, enabled: bool):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = files.join(workdir, 'metrics.jsonl')
     self.enabled = enabled
+    self.file: files.AppendFile | None = None
 
   def truncate_after(self, step: int) -> None:
-    """On resume from `step`: drops the rows of later steps (they will be run
-    again) and a line torn by a hard kill, so each step appears once."""
-    if not (self.enabled and os.path.exists(self.path)):
+    """Opens the file for this run. On resume from `step`: drops the rows of
+    later steps (they will be run again) and a line torn by a hard kill, so
+    each step appears once."""
+    if not self.enabled:
       return
-    keep = []
-    with open(self.path) as f:
-      for line in f:
+    keep = b''
+    if files.exists(self.path):
+      rows = []
+      for line in files.read_bytes(self.path).decode(errors='replace').splitlines():
         try:
           row = json.loads(line)
         except json.JSONDecodeError:
           continue  # torn by SIGKILL
         if isinstance(row, dict) and row.get('step', step + 1) <= step:
-          keep.append(json.dumps(row) + '\n')
-    tmp = f'{self.path}.{uuid.uuid4().hex}.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(keep)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path)
+          rows.append(json.dumps(row) + '\n')
+      keep = ''.join(rows).encode()
+      files.atomic_write(self.path, lambda f: f.write(keep))
+    self.file = files.AppendFile(self.path, initial=keep)
 
   def write(self, step: int, **scalars) -> None:
     if self.enabled:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps({'step': step, **scalars}) + '\n')
+      if self.file is None:
+        self.file = files.AppendFile(self.path)
+      self.file.append((json.dumps({'step': step, **scalars}) + '\n').encode())
+
+  def flush(self) -> None:
+    """Uploads what is pending (an object store: at checkpoints and the end)."""
+    if self.file is not None:
+      self.file.flush(force=True)
 
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None,

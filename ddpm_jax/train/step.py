@@ -55,17 +55,21 @@ class TrainState:
                autoencoder=d.get('autoencoder'))
 
 
-def make_optimizer(t_cfg) -> optax.GradientTransformation:
-  """Adam after global-norm clipping, with a linear warm-up to the learning
-  rate, then constant (lr_decay 'none') or a cosine decay to 0 at
-  `num_steps` ('cosine'). The optimizer state is the same for both."""
+def learning_rate_schedule(t_cfg) -> optax.Schedule:
+  """A linear warm-up to the learning rate, then constant (lr_decay 'none')
+  or a cosine decay to 0 at `num_steps` ('cosine')."""
   warmup = max(t_cfg.warmup_steps, 1)
   if t_cfg.get('lr_decay', 'none') == 'cosine':
-    lr = optax.schedules.warmup_cosine_decay_schedule(
+    return optax.schedules.warmup_cosine_decay_schedule(
         0.0, t_cfg.learning_rate, warmup, max(t_cfg.num_steps, warmup + 1))
-  else:
-    lr = optax.schedules.warmup_constant_schedule(0.0, t_cfg.learning_rate, warmup)
-  return optax.chain(optax.clip_by_global_norm(t_cfg.grad_clip), optax.adam(lr))
+  return optax.schedules.warmup_constant_schedule(0.0, t_cfg.learning_rate, warmup)
+
+
+def make_optimizer(t_cfg) -> optax.GradientTransformation:
+  """Adam after global-norm clipping, at `learning_rate_schedule`. The
+  optimizer state is the same for every schedule."""
+  return optax.chain(optax.clip_by_global_norm(t_cfg.grad_clip),
+                     optax.adam(learning_rate_schedule(t_cfg)))
 
 
 # objective(params, autoencoder_params, x_BHWC in [-1, 1], y_B or None,
