@@ -11,7 +11,6 @@ Training restores the whole state; inference restores one parameter tree
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -19,6 +18,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ddpm_jax.errors import UserError
+from ddpm_jax import files
 from ddpm_jax.files import require_utf8
 
 # What Orbax and TensorStore raise for a checkpoint that is truncated, has the
@@ -36,8 +36,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     require_utf8(workdir, 'workdir')
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-    if read_only and not os.path.isdir(self.directory):
+    self.directory = files.absolute(files.join(workdir, 'checkpoints'))
+    if read_only and not files.isdir(self.directory):
       raise CheckpointError(f'no checkpoint found in {workdir} (no '
                             f'{self.directory} directory)')
     # A reader never saves, so it needs no Orbax read_only mode, which logs

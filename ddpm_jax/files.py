@@ -69,6 +69,13 @@ def read_bytes(path: str) -> bytes:
     return f.read()
 
 
+def open_read(path: str) -> BinaryIO:
+  """A binary file object of `path` (an object is read into memory)."""
+  if is_remote(path):
+    return io.BytesIO(epath.Path(path).read_bytes())
+  return open(path, 'rb')
+
+
 def require_utf8(path: str, what: str) -> None:
   """Orbax and TensorStore cannot open paths that are not valid UTF-8 (on
   POSIX such bytes arrive as surrogates); refuse them with one line."""

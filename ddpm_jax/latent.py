@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any
 
 import jax
@@ -29,6 +28,7 @@ from jax.sharding import Mesh
 
 from ddpm_jax import config as config_lib
 from ddpm_jax import data as data_lib
+from ddpm_jax import files
 from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.errors import UserError
 from ddpm_jax.models.autoencoder import (AutoencoderFns, build_autoencoder,
@@ -81,7 +81,7 @@ def restore_autoencoder(workdir: str, step: int, mesh: Mesh
                         ) -> tuple[ml_collections.ConfigDict, Any, float, int]:
   """(the autoencoder's config, EMA params, scale, step) from its workdir;
   step < 0: the latest."""
-  if not os.path.isdir(workdir):
+  if not files.isdir(workdir):
     raise UserError(f'autoencoder workdir {workdir} does not exist; train it '
                     'first (e.g. configs/mnist_autoencoder.py)')
   with Checkpointer(workdir, read_only=True) as ckpt:

@@ -41,6 +41,7 @@ from ddpm_jax import tokenizer
 from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.config import ModelKind
 from ddpm_jax.errors import UserError
+from ddpm_jax import files
 from ddpm_jax.files import atomic_write_all, probe_writable
 from ddpm_jax.models.unet import downsample_factor, make_apply
 
@@ -414,8 +415,8 @@ def open_pipeline(workdir: str, step: int | None = None,
   if mesh is not None and not isinstance(mesh, Mesh):
     raise UserError(f'mesh must be a jax.sharding.Mesh or None, got '
                     f'{type(mesh).__name__}')
-  if not os.path.isdir(workdir):
-    raise UserError(f'workdir {workdir} does not exist' if not os.path.exists(
+  if not files.isdir(workdir):
+    raise UserError(f'workdir {workdir} does not exist' if not files.exists(
         workdir) else f'workdir {workdir} is not a directory')
   step, config = read_config(workdir, step)
   kind = config_lib.model_kind(config)
@@ -469,7 +470,7 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   paths = [out] + ([stem + '.npy'] if npy else []) + ([stem + '.gif'] if gif else [])
   for p in paths:
     _check_writable(p)
-    if os.path.exists(p) and not overwrite:
+    if files.exists(p) and not overwrite:
       raise UserError(f'{p} exists; pass overwrite=True to replace it')
   pipe = open_pipeline(workdir, checkpoint)
   if labels is not None and not isinstance(labels, (list, tuple, np.ndarray)):
@@ -507,7 +508,7 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
     writers.append(lambda f: np.save(f, x))
   if gif:
     writers.append(lambda f: images_lib.write_gif(frames, f, nrow=nrow))
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  files.makedirs(os.path.dirname(files.absolute(out)))
   atomic_write_all(paths, writers)
   return paths
 
@@ -515,9 +516,16 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
 def _check_writable(path: str) -> None:
   """An output file's folder, or the nearest existing folder above it (the
   rest is created at write time), must be a writable directory."""
-  if os.path.isdir(path):
+  if files.isdir(path):
     raise UserError(f'{path} is a directory, not an output file')
-  d = os.path.dirname(os.path.abspath(path))
+  d = os.path.dirname(files.absolute(path))
+  if files.is_remote(d):   # a bucket has no folders to create: prove it takes writes
+    try:
+      files.makedirs(d)
+      probe_writable(d)
+    except OSError as e:
+      raise UserError(f'cannot write to {d}: {" ".join(str(e).split())[:300]}') from e
+    return
   while not os.path.exists(d):
     d = os.path.dirname(d)
   if not os.path.isdir(d):

@@ -58,8 +58,9 @@ def _config(workdir: str | None):
   workdir holds a checkpoint, the config stored there with the
   --config.a.b=v overrides applied."""
   config = _CONFIG.value
-  if flags.FLAGS['config'].present or not workdir or not os.path.isdir(
-      os.path.join(workdir, 'checkpoints')):
+  from ddpm_jax import files
+  if flags.FLAGS['config'].present or not workdir or not files.isdir(
+      files.join(workdir, 'checkpoints')):
     return config
   from ml_collections import config_flags
   from ddpm_jax.checkpoint import Checkpointer

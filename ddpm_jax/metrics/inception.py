@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from ddpm_jax.errors import UserError
+from ddpm_jax import files
 from ddpm_jax.files import atomic_write
 
 FID_INPUT_SIZE = 299
@@ -357,7 +358,7 @@ def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, n: int) -> None:
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
   try:
-    with np.load(path) as f:
+    with np.load(files.open_read(path)) as f:
       return f['mu'], f['sigma']
   except (OSError, KeyError, ValueError) as e:
     raise UserError(f'cannot read FID statistics {path} (need an .npz with mu '
@@ -369,7 +370,7 @@ def reference_stats(data_cfg, feature_fn, path: str | None = None,
                     ) -> tuple[np.ndarray, np.ndarray]:
   """(μ, Σ) of the training split's features (the paper's reference set),
   read from `path` if it exists, else computed and saved there."""
-  if path and os.path.exists(path):
+  if path and files.exists(path):
     return load_stats(path)
   from ddpm_jax import data as data_lib
   train = types.SimpleNamespace(name=data_cfg.name, split='train',

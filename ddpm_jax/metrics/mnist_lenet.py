@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from ddpm_jax import data as data_lib
+from ddpm_jax import files
 from ddpm_jax.files import atomic_write
 from ddpm_jax.metrics.fid import feature_stats, frechet_distance
 
@@ -90,7 +91,7 @@ def save_classifier(model: LeNet, path: str) -> None:
 def load_classifier(path: str) -> LeNet:
   model = LeNet(rngs=nnx.Rngs(0))
   state = nnx.state(model, nnx.Param)
-  with np.load(path) as f:
+  with np.load(files.open_read(path)) as f:
     pure = nnx.to_pure_dict(state)
     def fill(d, prefix=()):
       for k, v in d.items():
@@ -116,13 +117,13 @@ def mnist_classifier(cache_dir: str | None = None, steps: int | None = None
   train_idx, held_idx = held_out_split(src.labels)
   held = np.asarray(data_lib.preprocess(jnp.asarray(src.images[held_idx]), 28,
                                         False, None))
-  path = os.path.join(cache_dir, 'mnist_lenet.npz') if cache_dir else None
+  path = files.join(cache_dir, 'mnist_lenet.npz') if cache_dir else None
   if steps is None:
-    model = load_classifier(path if path and os.path.exists(path) else SHIPPED)
+    model = load_classifier(path if path and files.exists(path) else SHIPPED)
   else:
     model = train_classifier(src.images[train_idx], src.labels[train_idx], steps)
     if path:
-      os.makedirs(cache_dir, exist_ok=True)
+      files.makedirs(cache_dir)
       save_classifier(model, path)
   return model, held, src.labels[held_idx]
 

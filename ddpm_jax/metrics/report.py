@@ -37,6 +37,7 @@ from ddpm_jax import data as data_lib
 from ddpm_jax import options
 from ddpm_jax.data import to_uint8
 from ddpm_jax.errors import UserError
+from ddpm_jax import files
 from ddpm_jax.files import atomic_write, probe_writable
 from ddpm_jax.metrics import inception, likelihood, mnist_lenet
 from ddpm_jax.metrics.fid import feature_stats, frechet_distance
@@ -73,7 +74,7 @@ def evaluate_autoencoder(workdir: str, step: int, batch: int = 250
     raise UserError('the autoencoder report uses the held-out MNIST images; '
                     'this autoencoder is not MNIST-like')
   fns = latent.autoencoder_fns(config.autoencoder, 1)
-  model, held, _ = mnist_lenet.mnist_classifier(os.path.join(workdir, 'eval'))
+  model, held, _ = mnist_lenet.mnist_classifier(files.join(workdir, 'eval'))
   size, resize = config.data.image_size, config.data.resize
   x = np.asarray(data_lib.preprocess(jnp.asarray(held), size, False, None, resize))
   rec_fn = jax.jit(fns.reconstruct)
@@ -93,7 +94,7 @@ def evaluate_autoencoder(workdir: str, step: int, batch: int = 250
       'fd_resize_round_trip': frechet_distance(*stats(f_round), *stats(f_real)),
       'latent_scale': scale, 'reconstruct_seconds': round(seconds, 1),
       'step': step}
-  path = os.path.join(workdir, f'eval_{step}.json')
+  path = files.join(workdir, f'eval_{step}.json')
   atomic_write(path, lambda f: f.write(json.dumps(result, indent=1).encode()))
   return result, path
 
@@ -142,19 +143,19 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
   req = pipe.request(num, seed, sampler=sampler, num_steps=num_steps,
                      labels=labels, prompt=prompts,
                      guidance_scale=guidance_scale, batch_size=batch)
-  eval_dir = os.path.join(workdir, 'eval')
+  eval_dir = files.join(workdir, 'eval')
   if inception_weights:  # fail on a bad file before sampling for an hour
     net = inception.load_fid_inception(inception_weights)
     features = inception.make_feature_fn(net)
-    stats_path = ref_stats or os.path.join(
+    stats_path = ref_stats or files.join(
         eval_dir, f'fid_stats_{d.name.replace("/", "_")}_{d.image_size}.npz')
-    stats_dir = os.path.dirname(os.path.abspath(stats_path))
+    stats_dir = os.path.dirname(files.absolute(stats_path))
     try:
-      os.makedirs(stats_dir, exist_ok=True)
+      files.makedirs(stats_dir)
     except OSError as e:
       raise UserError(f'cannot create {stats_dir} for the FID statistics: '
                       f'{e.strerror}') from e
-    if not os.path.exists(stats_path):
+    if not files.exists(stats_path):
       try:
         probe_writable(stats_dir)
       except OSError as e:
@@ -194,6 +195,6 @@ def evaluate(workdir: str, *, num: int = 1000, seed: int = 0,
   result.update(step=pipe.step, sampler=sampler or pipe.config.sampling.sampler,
                 steps=dict(req.fn_args)['num_steps'],
                 sampling_seconds=sampling_seconds)
-  path = os.path.join(workdir, f'eval_{pipe.step}.json')
+  path = files.join(workdir, f'eval_{pipe.step}.json')
   atomic_write(path, lambda f: f.write(json.dumps(result, indent=1).encode()))
   return result, path
