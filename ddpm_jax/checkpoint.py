@@ -11,7 +11,13 @@ Training restores the whole state; inference restores one parameter tree
 
 from __future__ import annotations
 
-from typing import Any
+import gc
+import os
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -29,6 +35,63 @@ _READ_ERRORS = (ValueError, KeyError, OSError, TypeError)
 
 class CheckpointError(UserError):
   """A missing, unreadable or mismatched checkpoint; one line for the user."""
+
+
+class DamagedCheckpoint(CheckpointError):
+  """A step whose files cannot be read (truncated, missing or corrupt)."""
+
+  def __init__(self, step: int, directory: str, reason: str):
+    super().__init__(f'checkpoint {step} in {directory} is damaged: {reason}')
+    self.step, self.reason = step, reason
+
+
+def _read_failure(e: BaseException) -> BaseException | None:
+  """The TensorStore or file error behind `e`, if `e` is (or wraps) one:
+  Orbax re-raises an unreadable array's ValueError as a bare Exception."""
+  while e is not None:
+    if isinstance(e, _READ_ERRORS):
+      return e
+    e = e.__cause__
+  return None
+
+
+class _QuietStderr:
+  """Captures file descriptor 2 while Orbax reads. When a read fails, its
+  sibling reads still finish on TensorStore's threads and each prints a
+  `RuntimeError: Event loop is closed` traceback, and their coroutines
+  report again when collected. After a failure, `settle()` (called once the
+  exception is dropped) collects them and waits for the threads to go
+  quiet; that output is dropped, and the failure is the caller's one line.
+  Without a failure the output is passed on."""
+
+  def __enter__(self) -> '_QuietStderr':
+    sys.stderr.flush()
+    self._saved = os.dup(2)
+    self._tmp = tempfile.TemporaryFile()
+    os.dup2(self._tmp.fileno(), 2)
+    self._drop = False
+    return self
+
+  def settle(self) -> None:
+    self._drop = True
+    size, quiet_since, t0 = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - quiet_since < 0.5 and time.monotonic() - t0 < 10:
+      gc.collect()
+      time.sleep(0.05)
+      now = os.fstat(self._tmp.fileno()).st_size
+      if now != size:
+        size, quiet_since = now, time.monotonic()
+
+  def __exit__(self, *exc) -> None:
+    sys.stderr.flush()
+    os.dup2(self._saved, 2)
+    os.close(self._saved)
+    with self._tmp:
+      if not self._drop:
+        self._tmp.seek(0)
+        passed = self._tmp.read()
+        if passed:
+          os.write(2, passed)
 
 
 class Checkpointer:
@@ -57,6 +120,21 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+  def _read(self, step: int, read: Callable[[], Any]) -> Any:
+    """read(), where a file or TensorStore error (however Orbax wraps it)
+    becomes one DamagedCheckpoint and no thread prints a traceback."""
+    with _QuietStderr() as quiet:
+      try:
+        return read()
+      except Exception as e:  # pylint: disable=broad-except
+        cause = _read_failure(e)
+        if cause is None:
+          raise
+        reason = _short(cause)
+        del e, cause  # frees the failed reads' coroutines for settle()
+      quiet.settle()
+    raise DamagedCheckpoint(step, self.directory, reason)
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -102,16 +180,38 @@ class Checkpointer:
 
   def read_meta(self, step: int | None = None) -> tuple[int, dict]:
     step = self.resolve(step)
-    try:
-      meta = self.manager.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore())).meta
-    except _READ_ERRORS as e:
-      raise CheckpointError(f'checkpoint {step} in {self.directory} is '
-                            f'unreadable: {_short(e)}') from e
+    meta = self._read(step, lambda: self.manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
     if not isinstance(meta, dict) or 'config' not in meta:
-      raise CheckpointError(f'checkpoint {step} in {self.directory} has no '
-                            'config metadata')
+      raise DamagedCheckpoint(step, self.directory, 'it has no config metadata')
     return step, meta
+
+  def newest_readable(self, read: Callable[[int], Any],
+                      warn: bool = True) -> tuple[int, Any]:
+    """(step, read(step)) for the newest step that `read` can read; each
+    damaged newer step is skipped, with a warning unless `warn` is False
+    (readers leave it in place: the trainer sets it aside)."""
+    for step in reversed(self.all_steps()):
+      try:
+        return step, read(step)
+      except DamagedCheckpoint as e:
+        if warn:
+          warnings.warn(f'{e}; using the checkpoint before it')
+    raise CheckpointError(f'no readable checkpoint in {self.directory}'
+                          if self.all_steps() else
+                          f'no checkpoint found in {self.directory}')
+
+  def set_aside(self, step: int) -> str:
+    """Moves a damaged step out of the checkpoints (never deletes it), to
+    <workdir>/damaged_checkpoints/<step>[.n]; returns where it went."""
+    parent = files.join(os.path.dirname(self.directory.rstrip('/')),
+                        'damaged_checkpoints')
+    target, n = files.join(parent, str(step)), 1
+    while files.exists(target):
+      target, n = files.join(parent, f'{step}.{n}'), n + 1
+    files.move_tree(files.join(self.directory, str(step)), target)
+    self.manager.reload()
+    return target
 
   def restore(self, step: int, target: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
     """The whole state, shaped like `target` (arrays or shape structs),
@@ -127,11 +227,8 @@ class Checkpointer:
   def _check_shapes(self, step: int, abstract: Any) -> None:
     """Compares the stored shapes with the model's before reading any array:
     a restore that fails half-way leaves Orbax's threads printing tracebacks."""
-    try:
-      stored = _shapes(self.manager.item_metadata(step)['state'].tree)
-    except _READ_ERRORS as e:
-      raise CheckpointError(f'checkpoint {step} in {self.directory} is '
-                            f'unreadable: {_short(e)}') from e
+    stored = self._read(step, lambda: _shapes(
+        self.manager.item_metadata(step)['state'].tree))
     for path, shape in _shapes(abstract).items():
       if path not in stored:
         raise CheckpointError(f'checkpoint {step} in {self.directory} does not '
@@ -146,12 +243,8 @@ class Checkpointer:
     args = ocp.args.PyTreeRestore(
         item=abstract, partial_restore=partial,
         restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
-    try:
-      return self.manager.restore(step, args=ocp.args.Composite(state=args)).state
-    except _READ_ERRORS as e:
-      raise CheckpointError(f'checkpoint {step} in {self.directory} is '
-                            f'unreadable or does not match the model: '
-                            f'{_short(e)}') from e
+    return self._read(step, lambda: self.manager.restore(
+        step, args=ocp.args.Composite(state=args)).state)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -76,6 +76,23 @@ def open_read(path: str) -> BinaryIO:
   return open(path, 'rb')
 
 
+def move_tree(src: str, dst: str) -> None:
+  """Moves a folder: a rename locally; in an object store each object is
+  copied, then the source removed (nothing is removed before every copy
+  has succeeded)."""
+  if not is_remote(src):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.rename(src, dst)
+    return
+  root = epath.Path(src)
+  for p in root.rglob('*'):
+    if not p.is_dir():
+      target = epath.Path(dst) / p.relative_to(root)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(p.read_bytes())
+  root.rmtree()
+
+
 def require_utf8(path: str, what: str) -> None:
   """Orbax and TensorStore cannot open paths that are not valid UTF-8 (on
   POSIX such bytes arrive as surrogates); refuse them with one line."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -38,7 +39,7 @@ from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sampling
 from ddpm_jax import sharding
 from ddpm_jax import tokenizer
-from ddpm_jax.checkpoint import Checkpointer
+from ddpm_jax.checkpoint import CheckpointError, Checkpointer, DamagedCheckpoint
 from ddpm_jax.config import ModelKind
 from ddpm_jax.errors import UserError
 from ddpm_jax import files
@@ -73,6 +74,7 @@ class Pipeline:
   mesh: Mesh
   step: int
   codec: sampling.Codec | None = None   # a latent model's autoencoder
+  step_given: bool = True   # False: `restore` may fall back to an older step
   _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
@@ -371,17 +373,38 @@ class Pipeline:
 
   def restore(self, workdir: str, use_ema: bool = True) -> None:
     """Restores this pipeline's step from `workdir`: one parameter tree only
-    (a latent model: and the autoencoder copied into its checkpoint)."""
+    (a latent model: and the autoencoder copied into its checkpoint). When
+    the step was not given and it is damaged, the newest older step of the
+    same model is restored instead, with a warning."""
+    with Checkpointer(workdir, read_only=True) as ckpt:
+      if self.step_given:
+        self.params = self._restore_step(ckpt, self.step, use_ema)
+        return
+      for step in reversed([s for s in ckpt.all_steps() if s <= self.step]):
+        try:
+          if step != self.step:
+            _, meta = ckpt.read_meta(step)
+            if (config_lib.model_signature(config_lib.config_from_dict(meta['config']))
+                != config_lib.model_signature(self.config)):
+              break   # another model: not a stand-in for this one
+          self.params = self._restore_step(ckpt, step, use_ema)
+          self.step = step
+          return
+        except DamagedCheckpoint as e:
+          warnings.warn(f'{e}; using the checkpoint before it')
+      raise CheckpointError(f'no readable checkpoint of this model in '
+                            f'{ckpt.directory} at or before step {self.step}')
+
+  def _restore_step(self, ckpt: Checkpointer, step: int, use_ema: bool) -> Any:
     _, abstract = builders.abstract_model(self.config)
     which = 'ema_params' if use_ema else 'params'
-    with Checkpointer(workdir, read_only=True) as ckpt:
-      params = ckpt.restore_params(self.step, which, abstract, self.mesh)
-      if self.codec is not None:
-        _, ae_abstract = latent_lib.abstract_autoencoder(
-            self.config.autoencoder, self.config.data.channels)
-        params = latent_lib.joint_params(params, ckpt.restore_params(
-            self.step, 'autoencoder', ae_abstract, self.mesh))
-    self.params = params
+    params = ckpt.restore_params(step, which, abstract, self.mesh)
+    if self.codec is not None:
+      _, ae_abstract = latent_lib.abstract_autoencoder(
+          self.config.autoencoder, self.config.data.channels)
+      params = latent_lib.joint_params(params, ckpt.restore_params(
+          step, 'autoencoder', ae_abstract, self.mesh))
+    return params
 
 
 def _shape_of(value) -> tuple:
@@ -400,9 +423,14 @@ def _pad_to(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def read_config(workdir: str, step: int | None = None):
-  """(step, the config) of a checkpoint (default: the latest)."""
+  """(step, the config) of a checkpoint (default: the newest readable one;
+  a damaged newer one is skipped with a warning)."""
   with Checkpointer(workdir, read_only=True) as ckpt:
-    step, meta = ckpt.read_meta(step)
+    if step is None:
+      ckpt.resolve(None)   # "no checkpoint found" when there is none
+      step, (_, meta) = ckpt.newest_readable(ckpt.read_meta)
+    else:
+      step, meta = ckpt.read_meta(step)
   return step, config_lib.config_from_dict(meta['config'])
 
 
@@ -418,6 +446,7 @@ def open_pipeline(workdir: str, step: int | None = None,
   if not files.isdir(workdir):
     raise UserError(f'workdir {workdir} does not exist' if not files.exists(
         workdir) else f'workdir {workdir} is not a directory')
+  given = step is not None
   step, config = read_config(workdir, step)
   kind = config_lib.model_kind(config)
   if kind.autoencoder:
@@ -430,7 +459,7 @@ def open_pipeline(workdir: str, step: int | None = None,
     codec = latent_lib.make_codec(config)
     apply = latent_lib.unet_apply(apply)
   return Pipeline(config, apply, None, mesh or sharding.make_mesh(),
-                  step, codec)
+                  step, codec, step_given=given)
 
 
 def load(workdir: str, step: int | None = None, use_ema: bool = True,

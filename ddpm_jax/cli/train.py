@@ -68,7 +68,8 @@ def _config(workdir: str | None):
   with Checkpointer(workdir, read_only=True) as ckpt:
     if ckpt.latest_step() is None:
       return config
-    _, meta = ckpt.read_meta()
+    # A damaged newest step is set aside (with its warning) by the trainer.
+    _, (_, meta) = ckpt.newest_readable(ckpt.read_meta, warn=False)
   stored = config_from_dict(meta['config'])
   stored.update_from_flattened_dict(
       config_flags.get_override_values(flags.FLAGS['config']))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 
@@ -79,15 +80,7 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
   try:
     ckpt = ckpt_lib.Checkpointer(workdir, keep=t_cfg.keep_checkpoints)
     try:
-      latest = ckpt.latest_step()
-      if latest is not None:
-        _, meta = ckpt.read_meta(latest)
-        config_lib.check_compatible(config, config_lib.config_from_dict(meta['config']),
-                                    ckpt.directory)
-        state = step_lib.TrainState.from_saveable(
-            ckpt.restore(latest, state.to_saveable(), mesh))
-      else:
-        state = sharding.replicate(state, mesh)
+      state = _resume(ckpt, config, state, mesh, is_main)
       return _loop(config, workdir, setup, state, batches, mesh, ckpt,
                    is_main, progress, preempt, source)
     finally:
@@ -107,6 +100,29 @@ STEP_TRANSFER_GUARD = os.environ.get('DDPM_JAX_STEP_TRANSFER_GUARD', 'allow')
 def host_transfers():
   """Where the steps may pull values from the device."""
   return jax.transfer_guard_device_to_host('allow')
+
+
+def _resume(ckpt, config, state, mesh, is_main: bool):
+  """The newest readable checkpoint's state (or `state`, replicated, when
+  there is none). A damaged step is set aside in one line, never deleted,
+  and the one before it is tried."""
+  while (latest := ckpt.latest_step()) is not None:
+    try:
+      _, meta = ckpt.read_meta(latest)
+      config_lib.check_compatible(
+          config, config_lib.config_from_dict(meta['config']), ckpt.directory)
+      return step_lib.TrainState.from_saveable(
+          ckpt.restore(latest, state.to_saveable(), mesh))
+    except ckpt_lib.DamagedCheckpoint as e:
+      where = ckpt.set_aside(latest) if is_main else None
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f'set aside {latest}')
+        ckpt.manager.reload()
+      if is_main:
+        print(f'warning: {e}; moved it to {where} and going back to the '
+              'checkpoint before it', file=sys.stderr, flush=True)
+  return sharding.replicate(state, mesh)
 
 
 _WINDOW_KEYS = ('steps', 'bad', 'first_bad', 'last_bad', 'bad_loss', 'last_loss')
