@@ -91,9 +91,11 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
 
 
 # The steps only dispatch work: nothing is pulled from the device but at
-# logging, checkpoint and grid steps (`host_transfers`). Set
-# DDPM_JAX_STEP_TRANSFER_GUARD=disallow_explicit to make any other pull an
-# error (a test does); 'log_explicit' logs them.
+# logging, checkpoint and grid steps (`host_transfers`), so the host runs
+# ahead of the device (tests/test_train_loop.py measures it). On a GPU or
+# TPU, DDPM_JAX_STEP_TRANSFER_GUARD=disallow_explicit makes any other pull
+# an error and 'log_explicit' logs them (on the CPU the arrays are already
+# in host memory and JAX's guard sees nothing).
 STEP_TRANSFER_GUARD = os.environ.get('DDPM_JAX_STEP_TRANSFER_GUARD', 'allow')
 
 
