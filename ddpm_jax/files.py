@@ -85,11 +85,14 @@ def move_tree(src: str, dst: str) -> None:
     os.rename(src, dst)
     return
   root = epath.Path(src)
-  for p in root.rglob('*'):
-    if not p.is_dir():
-      target = epath.Path(dst) / p.relative_to(root)
-      target.parent.mkdir(parents=True, exist_ok=True)
-      target.write_bytes(p.read_bytes())
+
+  def copy(folder: epath.Path) -> None:   # epath refuses `**` on GCS
+    for p in folder.iterdir():
+      if p.is_dir():
+        copy(p)
+      else:
+        (epath.Path(dst) / p.relative_to(root)).write_bytes(p.read_bytes())
+  copy(root)
   root.rmtree()
 
 
