@@ -98,7 +98,13 @@ def move_tree(src: str, dst: str) -> None:
 
 def require_utf8(path: str, what: str) -> None:
   """Orbax and TensorStore cannot open paths that are not valid UTF-8 (on
-  POSIX such bytes arrive as surrogates); refuse them with one line."""
+  POSIX such bytes arrive as surrogates); refuse them with one line. A gs://
+  path also needs epath's Cloud Storage backend (gcsfs, or TensorFlow)."""
+  if str(path).startswith('gs://'):
+    import importlib.util
+    if not any(importlib.util.find_spec(m) for m in ('gcsfs', 'tensorflow')):
+      raise UserError(f"{what} {path} is in Cloud Storage, which needs gcsfs: "
+                      "pip install -e '.[gcs]' (or pip install gcsfs)")
   try:
     path.encode('utf-8')
   except UnicodeEncodeError:

@@ -545,6 +545,7 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
 def _check_writable(path: str) -> None:
   """An output file's folder, or the nearest existing folder above it (the
   rest is created at write time), must be a writable directory."""
+  files.require_utf8(path, 'output file')
   if files.isdir(path):
     raise UserError(f'{path} is a directory, not an output file')
   d = os.path.dirname(files.absolute(path))
