@@ -67,3 +67,11 @@ def test_an_autoencoder_logs_its_terms_and_reconstructions(tmp_path):
   acc = _accumulator(tmp_path)
   assert {'reconstruction', 'kl', 'loss'} <= set(acc.Tags()['scalars'])
   assert [e.step for e in acc.Images('reconstructions')] == [2]
+
+
+def test_profile_steps_write_a_trace_for_tensorboard(tiny_config, tmp_path):
+  tiny_config.training.num_steps = 4
+  loop.train(tiny_config, str(tmp_path), progress=False, profile_steps=(1, 3))
+  runs = os.listdir(tmp_path / 'plugins' / 'profile')
+  assert len(runs) == 1
+  assert any(f.endswith('.xplane.pb') for f in os.listdir(tmp_path / 'plugins' / 'profile' / runs[0]))

@@ -118,6 +118,10 @@ def test_train_sigterm_resume_sample_evaluate_with_the_workdir_in_a_bucket(gcs, 
   deadline = time.time() + 300
   while not _committed(gcs, wd) and time.time() < deadline and proc.poll() is None:
     time.sleep(0.2)
+  second = _run(gcs, cwd, *train)   # the lock object keeps a second trainer out
+  assert second.returncode == 2, second.stderr[-3000:]
+  assert _lines(second.stderr)[-1].startswith('error: another trainer (pid '), second.stderr
+  assert 'stop it first' in second.stderr
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 143, err[-3000:]

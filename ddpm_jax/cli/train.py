@@ -35,6 +35,9 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: proces
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Multi-host with auto-detection (TPU pods, SLURM).')
+_PROFILE = flags.DEFINE_list(
+    'profile_steps', None, 'A,B: a jax.profiler trace of steps A+1..B into '
+    '<workdir>/plugins/profile (TensorBoard\'s profile plugin).')
 _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'], 'Cross-process collectives on CPU.')
 
@@ -87,11 +90,26 @@ def main() -> None:
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', os.path.splitext(os.path.basename(common.config_path()))[0])
   config = _config(_WORKDIR.value)
-  summary = loop.train(config, workdir, stop=_STOP)
+  summary = loop.train(config, workdir, stop=_STOP,
+                       profile_steps=_profile_steps())
   if jax.process_index() == 0:
     print(finish_message(config, workdir, summary), flush=True)
   if summary['preempted']:
     sys.exit(runtime.EXIT_STATUS[summary['signal']])
+
+
+def _profile_steps() -> tuple[int, int] | None:
+  from ddpm_jax.errors import UserError
+  if _PROFILE.value is None:
+    return None
+  try:
+    a, b = (int(v) for v in _PROFILE.value)
+  except ValueError:
+    a = b = -1
+  if not 0 <= a < b:
+    raise UserError(f'--profile_steps takes two steps A,B with 0 <= A < B, got '
+                    f'{",".join(_PROFILE.value)}')
+  return a, b
 
 
 def finish_message(config, workdir: str, summary: dict) -> str:

@@ -33,18 +33,22 @@ from ddpm_jax.train.runtime import (MetricsWriter, Preemption, TrainingError,
 
 
 def train(config, workdir: str, *, progress: bool = True,
-          stop: threading.Event | None = None) -> dict:
+          stop: threading.Event | None = None,
+          profile_steps: tuple[int, int] | None = None) -> dict:
   """Trains (or resumes) to `config.training.num_steps`; returns a summary:
   'step', 'final_loss', 'steps_run', 'preempted' and 'signal' (the name of
   the SIGTERM or SIGINT that stopped the run after saving its last finished
   step, or None), 'num_params', 'skipped_steps', 'wall_time_s'. `stop`: the
   event a command's own early signal handler sets; a command owns its
-  process, so a second Ctrl-C then ends it at once (runtime.Preemption)."""
+  process, so a second Ctrl-C then ends it at once (runtime.Preemption).
+  `profile_steps` (A, B): a jax.profiler trace of steps A+1..B, into
+  <workdir>/plugins/profile for TensorBoard's profile plugin."""
   with Preemption(stop, owns_process=stop is not None) as preempt:
-    return _train(config, workdir, progress, preempt)
+    return _train(config, workdir, progress, preempt, profile_steps)
 
 
-def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
+def _train(config, workdir: str, progress: bool, preempt: Preemption,
+           profile_steps: tuple[int, int] | None = None) -> dict:
   config_lib.validate(config, jax.device_count())
   t_cfg = config.training
   is_main = jax.process_index() == 0
@@ -82,7 +86,7 @@ def _train(config, workdir: str, progress: bool, preempt: Preemption) -> dict:
     try:
       state = _resume(ckpt, config, state, mesh, is_main)
       return _loop(config, workdir, setup, state, batches, mesh, ckpt,
-                   is_main, progress, preempt, source)
+                   is_main, progress, preempt, source, profile_steps)
     finally:
       ckpt.wait()
       ckpt.close()
@@ -209,7 +213,7 @@ class _Window:
 
 
 def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
-          progress, preempt: Preemption, source) -> dict:
+          progress, preempt: Preemption, source, profile_steps=None) -> dict:
   t_cfg = config.training
   kind = config_lib.model_kind(config)
   train_step = step_lib.make_train_step(setup, mesh)
@@ -247,9 +251,13 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
       writer.flush()
       events.flush()
 
+    tracing = False
     try:
       with jax.transfer_guard_device_to_host(STEP_TRANSFER_GUARD):
         for step in range(start, t_cfg.num_steps):
+          if profile_steps and step == profile_steps[0]:
+            jax.profiler.start_trace(workdir)
+            tracing = True
           batch = sharding.shard_batch(next(inputs), mesh)
           state, metrics = train_step(state, batch)
           window.add(step, metrics)
@@ -274,6 +282,11 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
             t_log, steps_in_window = now, 0
             pbar.set_postfix(loss=f'{window.last_loss:.4f}')
           pbar.update(1)
+          if tracing and done == profile_steps[1]:
+            with host_transfers():
+              jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            tracing = False
           stop = preempt.should_stop(done)
           if done % t_cfg.checkpoint_every == 0 or last or stop:
             save(done)
@@ -293,6 +306,8 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
         window.fetch()
         step = int(jax.device_get(state.step))
     finally:
+      if tracing:   # stopped before step B: keep what was traced
+        jax.profiler.stop_trace()
       writer.flush()
       events.flush()
     return {'step': step, 'final_loss': window.last_loss,
