@@ -62,6 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.class_conditional = False
   c.model.dtype = 'float32'
   c.model.patch_size = 1          # >1: space-to-depth before the UNet
+  # What diffusers' UNet2DModel may differ in (imported models set them):
+  c.model.norm_eps = 1e-6         # every GroupNorm's epsilon
+  c.model.attn_head_dim = 0       # self-attention heads of this width (0: one head)
+  c.model.downsample_padding = 0  # 0: pad after (the paper's); 1: on every side
+  c.model.freq_shift = 1.0        # timestep frequencies 1e4^(-k/(half - shift))
   # Text prompts (instead of class labels): a byte-token transformer encoder
   # trained with the UNet, read by cross-attention at these resolutions; the
   # captions come from the labels (data.captions).
@@ -341,6 +346,18 @@ def _validate_unet(config) -> None:
   _choice('model.dtype', m.dtype, options.DTYPES)
   if m.patch_size < 1:
     raise ConfigError(f'model.patch_size must be >= 1, got {m.patch_size}')
+  if m.downsample_padding not in (0, 1):
+    raise ConfigError(f'model.downsample_padding must be 0 or 1, got '
+                      f'{m.downsample_padding}')
+  if not m.norm_eps > 0:
+    raise ConfigError(f'model.norm_eps must be positive, got {m.norm_eps}')
+  if m.attn_head_dim < 0 or (m.attn_head_dim and any(
+      (m.ch * k) % m.attn_head_dim for k in m.ch_mult)):
+    raise ConfigError(f'model.attn_head_dim={m.attn_head_dim} must divide the '
+                      f'channels of every level ({[m.ch * k for k in m.ch_mult]})')
+  if m.freq_shift >= m.ch // 2:
+    raise ConfigError(f'model.freq_shift must be below half of model.ch, got '
+                      f'{m.freq_shift}')
   from ddpm_jax.models.unet import downsample_factor  # flax: load on use
   factor = downsample_factor(m.ch_mult, m.patch_size)
   size = unet_input_shape(config)[0]

@@ -62,6 +62,7 @@ class SampleRequest:
   x_init: np.ndarray | None
   mask: np.ndarray | None
   batch: int
+  noise: np.ndarray | None = None   # x_T (or img2img's noise) given by the caller
 
 
 @dataclasses.dataclass
@@ -231,7 +232,7 @@ class Pipeline:
               guidance_scale: float | None = None, init_image=None,
               strength: float | None = None, mask=None, outpaint=None,
               paste_known: bool = True, jumps: int = 0, capture_every: int = 0,
-              batch_size: int | None = None,
+              batch_size: int | None = None, noise=None,
               **sampler_options) -> SampleRequest:
     """Checks a sampling request against the model without touching its
     parameters; every check of `sample`'s arguments lives here."""
@@ -298,6 +299,13 @@ class Pipeline:
     shape = self._scan_shape(self.image_shape if x_init is None
                              else x_init.shape[1:])
     batch = min(num, batch_size or self._default_batch(shape))
+    if noise is not None:   # diffusers' latents=: the same start, the same images
+      noise = np.asarray(noise, np.float32)
+      if noise.shape != (num,) + tuple(shape):
+        raise UserError(f'noise has shape {noise.shape}; this request starts '
+                        f'from {(num,) + tuple(shape)} (num x the scan shape)')
+      if not np.all(np.isfinite(noise)):
+        raise UserError('noise holds NaN or infinite values')
     fn_args = (('sampler', name), ('num_steps', smp.num_steps), ('shape', shape),
                ('paste_known', bool(paste_known)),
                ('options', tuple(sorted(sampler_options.items()))),
@@ -305,7 +313,7 @@ class Pipeline:
                ('jumps', jumps))
     return SampleRequest(num, seed, fn_args, y, y_null,
                          float(guidance_scale) if guided else None,
-                         x_init, m, batch)
+                         x_init, m, batch, noise)
 
   def _sample_fn(self, fn_args: tuple, batch: int) -> Callable:
     key = fn_args + (('batch', batch),)
@@ -337,12 +345,38 @@ class Pipeline:
       fn = self._sample_fn(req.fn_args, req.batch)
       x, f = fn(self.params, root if k == 0 else jax.random.fold_in(root, k),
                 pad(req.y), scale, pad(req.x_init), pad(req.mask),
-                pad(req.y_null))
+                pad(req.y_null), pad(req.noise))
       xs.append(np.asarray(sharding.gather(x))[:n])
       if f is not None:
         frames.append(np.asarray(jax.device_get(f))[:, :n])
     return (np.concatenate(xs),
             np.concatenate(frames, axis=1) if frames else None)
+
+  def predict_noise(self, x_BHWC, t_B, labels=None) -> np.ndarray:
+    """The model's ε at noisy images x_t ([B, H, W, C], a latent model's
+    latents) and integer timesteps t ([B] or one), converted from v or x0
+    where the model predicts those: the function every sampler calls. A
+    class-conditional model without labels gets the null label. Jitted once
+    per shape."""
+    if self.params is None:
+      raise RuntimeError('predict_noise before restore(): no parameters')
+    if self.kind.text:
+      raise UserError('predict_noise takes labels; a text model is sampled '
+                      'with prompt= in sample()')
+    x = np.asarray(x_BHWC, np.float32)
+    if x.ndim != 4 or x.shape[3] != self._scan_shape(self.image_shape)[2]:
+      raise UserError(f'x_BHWC has shape {x.shape}; this model takes [B, H, W, '
+                      f'{self._scan_shape(self.image_shape)[2]}]')
+    t = np.broadcast_to(np.asarray(t_B), (x.shape[0],)).astype(np.int32)
+    T = self.config.diffusion.num_timesteps
+    if t.min() < 0 or t.max() >= T:
+      raise UserError(f't_B must be in [0, {T - 1}], got {sorted(set(t.tolist()))[:5]}')
+    y = self._labels(labels, len(x))
+    if y is None and self.kind.classes:
+      y = np.full((len(x),), self.num_classes, np.int32)
+    if 'predict_noise' not in self._cache:
+      self._cache['predict_noise'] = jax.jit(self.apply)
+    return np.asarray(self._cache['predict_noise'](self.params, x, t, y))
 
   def sample(self, num: int = 16, seed: int = 0, *, return_frames: bool = False,
              progress: bool = False, **kwargs):
@@ -365,6 +399,9 @@ class Pipeline:
     a mask (or outpaint), `paste_known=False` keeps the decoder's pixels
     where the image was known instead of putting the originals back.
     batch_size= images per call (default: `default_batch`).
+    noise= starts the reverse process from this x_T ([num, H, W, C], a
+    latent model's latent shape) instead of drawing it from the seed:
+    diffusers' `latents=`.
     """
     return_frames = checks.boolean('return_frames', return_frames)
     progress = checks.boolean('progress', progress)

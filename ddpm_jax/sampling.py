@@ -164,13 +164,14 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
                    codec: Codec | None = None, paste_known: bool = True
                    ) -> Callable:
   """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None,
-  y_null=None) -> (x0, frames).
+  y_null=None, noise=None) -> (x0, frames).
 
   y: labels, or a text model's prompt tokens [B, L]; with a guidance `scale`
   the unconditional branch gets `y_null` (labels: `null_label` if not given;
   a text model must give it: the empty or the negative prompt's tokens).
 
-  x_T is drawn inside from the key. With `strength` (img2img) `x_init` is
+  x_T is drawn inside from the key, unless `noise` gives it (diffusers'
+  `latents=`; with img2img, the noise added to the image). With `strength` (img2img) `x_init` is
   noised to t = strength·T and denoised from there; with `mask` (1 =
   regenerate) the known pixels of `x_init` are re-imposed at every step and
   returned exactly (where the mask is 0).
@@ -187,20 +188,21 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
   if strength is not None:
     start = strength_to_start(strength, sampler.num_steps)
 
-  def fn(params, key, y=None, scale=None, x_init=None, mask=None, y_null=None):
+  def fn(params, key, y=None, scale=None, x_init=None, mask=None, y_null=None,
+         noise=None):
     if scale is not None and y_null is None:
       if y is None or y.ndim != 1:
         raise ValueError('guidance on prompts needs y_null: the tokens of the '
                          'empty or negative prompt')
       y_null = jnp.full_like(y, null_label)
     if codec is None:
-      return sample(params, key, y, scale, x_init, mask, y_null)
+      return sample(params, key, y, scale, x_init, mask, y_null, noise)
     pixels, pixel_mask = x_init, mask
     if x_init is not None:
       x_init = codec.encode(params, x_init)
     if mask is not None:
       mask = latent_mask(mask, codec.factor, shape[-1])
-    z, frames = sample(params, key, y, scale, x_init, mask, y_null)
+    z, frames = sample(params, key, y, scale, x_init, mask, y_null, noise)
     x = codec.decode(params, z)
     if frames is not None:
       frames = jax.lax.map(lambda f: codec.decode(params, f), frames)
@@ -208,9 +210,10 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
       x = pixel_mask * x + (1.0 - pixel_mask) * pixels
     return x, frames
 
-  def sample(params, key, y, scale, x_init, mask, y_null):
+  def sample(params, key, y, scale, x_init, mask, y_null, noise):
     init_key, loop_key = jax.random.split(key)
-    noise = jax.random.normal(init_key, shape, jnp.float32)
+    if noise is None:
+      noise = jax.random.normal(init_key, shape, jnp.float32)
     if batch_spec is not None:
       noise = jax.lax.with_sharding_constraint(noise, batch_spec)
     eps_fn = guided_eps_fn(apply, params, y, scale, y_null)

@@ -43,10 +43,19 @@ def sigmoid_betas(num_timesteps: int = 1000, beta_start: float = 1e-4,
   return beta_start + (beta_end - beta_start) / (1.0 + np.exp(-x))
 
 
+def scaled_linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4,
+                        beta_end: float = 0.02) -> np.ndarray:
+  """Betas whose square roots are linear (Stable Diffusion's, diffusers'
+  'scaled_linear')."""
+  return np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps,
+                     dtype=np.float64) ** 2
+
+
 BETA_SCHEDULES: dict[str, Callable[..., np.ndarray]] = {
     'linear': linear_betas,
     'cosine': cosine_betas,
     'sigmoid': sigmoid_betas,
+    'scaled_linear': scaled_linear_betas,
 }
 assert tuple(BETA_SCHEDULES) == options.SCHEDULES
 

@@ -45,13 +45,13 @@ class ResBlock(nnx.Module):
   `temb_dim` 0: no time embedding (the autoencoder's blocks)."""
 
   def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float,
-               groups: int, dtype, *, rngs: nnx.Rngs):
-    self.norm1 = GroupNorm(cin, groups, epsilon=1e-6, dtype=dtype, rngs=rngs)
+               groups: int, dtype, *, eps: float = 1e-6, rngs: nnx.Rngs):
+    self.norm1 = GroupNorm(cin, groups, epsilon=eps, dtype=dtype, rngs=rngs)
     self.conv1 = nnx.Conv(cin, cout, (3, 3), kernel_init=default_init,
                           dtype=dtype, rngs=rngs)
     self.temb_proj = (nnx.Linear(temb_dim, cout, kernel_init=default_init,
                                  dtype=dtype, rngs=rngs) if temb_dim else None)
-    self.norm2 = GroupNorm(cout, groups, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.norm2 = GroupNorm(cout, groups, epsilon=eps, dtype=dtype, rngs=rngs)
     self.conv2 = nnx.Conv(cout, cout, (3, 3), kernel_init=zero_init,
                           dtype=dtype, rngs=rngs)
     self.skip = (nnx.Linear(cin, cout, kernel_init=default_init, dtype=dtype,
@@ -70,10 +70,14 @@ class ResBlock(nnx.Module):
 
 
 class AttnBlock(nnx.Module):
-  """Single-head spatial self-attention with a residual connection."""
+  """Spatial self-attention with a residual connection: one head (the
+  paper's), or heads of `head_dim` channels (contiguous channel groups, as
+  diffusers splits them)."""
 
-  def __init__(self, ch: int, groups: int, dtype, *, rngs: nnx.Rngs):
-    self.norm = GroupNorm(ch, groups, epsilon=1e-6, dtype=dtype, rngs=rngs)
+  def __init__(self, ch: int, groups: int, dtype, *, eps: float = 1e-6,
+               head_dim: int = 0, rngs: nnx.Rngs):
+    self.norm = GroupNorm(ch, groups, epsilon=eps, dtype=dtype, rngs=rngs)
+    self.heads = ch // head_dim if head_dim else 1
     self.qkv = nnx.Linear(ch, 3 * ch, kernel_init=default_init, dtype=dtype,
                           rngs=rngs)
     self.proj = nnx.Linear(ch, ch, kernel_init=zero_init, dtype=dtype,
@@ -81,16 +85,23 @@ class AttnBlock(nnx.Module):
 
   def __call__(self, x):
     B, H, W, C = x.shape
-    q, k, v = jnp.split(self.qkv(self.norm(x)).reshape(B, H * W, 3 * C), 3, -1)
-    w = jnp.einsum('bqc,bkc->bqk', q, k) * (C ** -0.5)
+    n = self.heads
+    q, k, v = (a.reshape(B, H * W, n, C // n) for a in jnp.split(
+        self.qkv(self.norm(x)).reshape(B, H * W, 3 * C), 3, -1))
+    w = jnp.einsum('bqnc,bknc->bnqk', q, k) * ((C // n) ** -0.5)
     w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
-    h = jnp.einsum('bqk,bkc->bqc', w, v).reshape(B, H, W, C)
+    h = jnp.einsum('bnqk,bknc->bqnc', w, v).reshape(B, H, W, C)
     return x + self.proj(h)
 
 
 class Downsample(nnx.Module):
-  def __init__(self, ch: int, dtype, *, rngs: nnx.Rngs):
+  """A 3×3 conv of stride 2. `padding` 0: one row and column after the
+  image (the paper's, and diffusers' downsample_padding=0); 1: one on every
+  side (diffusers' downsample_padding=1)."""
+
+  def __init__(self, ch: int, dtype, *, padding: int = 0, rngs: nnx.Rngs):
     self.conv = nnx.Conv(ch, ch, (3, 3), strides=2, kernel_init=default_init,
+                         padding=((0, 1), (0, 1)) if padding == 0 else ((1, 1), (1, 1)),
                          dtype=dtype, rngs=rngs)
 
   def __call__(self, x):

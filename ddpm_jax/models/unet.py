@@ -19,11 +19,14 @@ from ddpm_jax.models.layers import (AttnBlock, Downsample, GroupNorm, ResBlock,
 from ddpm_jax.models.text import (AttentionPool, TextEncoder, TransformerBlock,
                                   mean_pool)
 
-def timestep_embedding(t_B: jax.Array, dim: int) -> jax.Array:
-  """Sinusoidal embedding of (integer) timesteps, as in the paper's code."""
+def timestep_embedding(t_B: jax.Array, dim: int, freq_shift: float = 1.0
+                       ) -> jax.Array:
+  """Sinusoidal embedding of (integer) timesteps, as in the paper's code
+  ([sin, cos]; frequencies 10000^(-k / (half - freq_shift)): freq_shift 1 is
+  the paper's, diffusers' `freq_shift`)."""
   half = dim // 2
   freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32)
-                  / max(half - 1, 1))
+                  / max(half - freq_shift, 1))
   args = t_B.astype(jnp.float32)[:, None] * freqs[None, :]
   emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
   if dim % 2:
@@ -84,10 +87,14 @@ class UNet(nnx.Module):
                text_dim: int = 0, text_layers: int = 0, text_heads: int = 1,
                text_max_len: int = 0, cross_attn_levels: Sequence[int] = (),
                text_pool: str = '', text_conv: int = 0,
+               norm_eps: float = 1e-6, attn_head_dim: int = 0,
+               downsample_padding: int = 0, freq_shift: float = 1.0,
                rngs: nnx.Rngs):
     dt = jnp.dtype(dtype)
     temb_dim = 4 * ch
     self.ch = ch
+    self.freq_shift = freq_shift
+    eps = norm_eps
     self.num_classes = num_classes
     self.patch_size = patch_size
     in_channels *= patch_size ** 2
@@ -115,10 +122,11 @@ class UNet(nnx.Module):
     def attention(level, c):
       if text_dim and level in cross_attn_levels:
         return TransformerBlock(c, text_dim, text_heads,
-                                GroupNorm(c, num_groups, epsilon=1e-6, dtype=dt,
+                                GroupNorm(c, num_groups, epsilon=eps, dtype=dt,
                                           rngs=rngs), dt, rngs=rngs)
       if level in attn_levels:
-        return AttnBlock(c, num_groups, dt, rngs=rngs)
+        return AttnBlock(c, num_groups, dt, eps=eps, head_dim=attn_head_dim,
+                         rngs=rngs)
       return None
 
     chans = [ch]
@@ -127,34 +135,38 @@ class UNet(nnx.Module):
     for level, mult in enumerate(ch_mult):
       for _ in range(num_res_blocks):
         blk = ResBlock(cur, ch * mult, temb_dim, dropout, num_groups, dt,
-                       rngs=rngs)
+                       eps=eps, rngs=rngs)
         cur = ch * mult
         down.append((blk, attention(level, cur)))
         chans.append(cur)
       if level != len(ch_mult) - 1:
-        down.append((Downsample(cur, dt, rngs=rngs), None))
+        down.append((Downsample(cur, dt, padding=downsample_padding,
+                                rngs=rngs), None))
         chans.append(cur)
     self.down = nnx.List([nnx.List(d) for d in down])
 
-    self.mid1 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, rngs=rngs)
+    self.mid1 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, eps=eps,
+                         rngs=rngs)
     self.mid_attn = (attention(len(ch_mult) - 1, cur)
                      if text_dim and len(ch_mult) - 1 in cross_attn_levels
-                     else AttnBlock(cur, num_groups, dt, rngs=rngs))
-    self.mid2 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, rngs=rngs)
+                     else AttnBlock(cur, num_groups, dt, eps=eps,
+                                    head_dim=attn_head_dim, rngs=rngs))
+    self.mid2 = ResBlock(cur, cur, temb_dim, dropout, num_groups, dt, eps=eps,
+                         rngs=rngs)
 
     up = []
     for level, mult in reversed(list(enumerate(ch_mult))):
       for _ in range(num_res_blocks + 1):
         blk = ResBlock(cur + chans.pop(), ch * mult, temb_dim, dropout,
-                       num_groups, dt, rngs=rngs)
+                       num_groups, dt, eps=eps, rngs=rngs)
         cur = ch * mult
         up.append((blk, attention(level, cur)))
       if level != 0:
         up.append((Upsample(cur, dt, rngs=rngs), None))
     self.up = nnx.List([nnx.List(u) for u in up])
 
-    self.norm_out = GroupNorm(cur, num_groups, epsilon=1e-6, dtype=dt,
-                                  rngs=rngs)
+    self.norm_out = GroupNorm(cur, num_groups, epsilon=eps, dtype=dt,
+                              rngs=rngs)
     self.conv_out = nnx.Conv(cur, in_channels, (3, 3), kernel_init=zero_init,
                              dtype=dt, rngs=rngs)
 
@@ -165,7 +177,7 @@ class UNet(nnx.Module):
     y_B: class labels, or for a text model byte tokens [B, L]."""
     keys = iter(jax.random.split(dropout_key, 64) if dropout_key is not None
                 else [None] * 64)
-    temb = timestep_embedding(t_B, self.ch)
+    temb = timestep_embedding(t_B, self.ch, self.freq_shift)
     temb = self.temb2(nnx.silu(self.temb1(temb)))
     text = None
     if self.text_encoder is not None:
@@ -243,6 +255,10 @@ def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
               cross_attn_levels=attention_levels(
                   image_size, model_cfg.ch_mult,
                   model_cfg.cross_attn_resolutions, patch_size) if text else (),
+              norm_eps=model_cfg.get('norm_eps', 1e-6),
+              attn_head_dim=model_cfg.get('attn_head_dim', 0),
+              downsample_padding=model_cfg.get('downsample_padding', 0),
+              freq_shift=model_cfg.get('freq_shift', 1.0),
               rngs=nnx.Rngs(seed))
 
 

@@ -231,7 +231,7 @@ def _loop(config, workdir, setup, state, batches, mesh, ckpt, is_main,
             'num_params': setup.num_params, 'skipped_steps': 0, 'wall_time_s': 0.0}
   writer.truncate_after(start)
   events.truncate_after(start)
-  if is_main and start:
+  if is_main and ckpt.latest_step() is not None:   # step 0: an imported model
     print(f'resuming from checkpoint at step {start} in {ckpt.directory}')
   pbar = tqdm(total=t_cfg.num_steps, initial=start, disable=not (progress and is_main),
               dynamic_ncols=True, desc='train')

@@ -1,0 +1,44 @@
+"""Imports a diffusers UNet2DModel (the paper's published DDPM weights, a
+fine-tuned DDPM) as a workdir.
+
+  python -m ddpm_jax.cli.import_diffusers SRC --workdir W [--config NAME_OR_FILE]
+  ddpm-import-diffusers SRC --workdir W            (installed)
+
+SRC is a UNet2DModel folder (config.json, diffusion_pytorch_model.safetensors,
+optionally scheduler_config.json) or a pipeline folder (model_index.json,
+unet/, scheduler/), e.g. a local copy of google/ddpm-cifar10-32. W then holds
+one checkpoint (step 0) that load(W), sample.py, evaluate and train.py
+(fine-tuning) take. --config gives the data and training settings of later
+fine-tuning (its model section is replaced by the imported one).
+"""
+
+from absl import flags
+
+from ddpm_jax.cli import common
+
+_SRC = flags.DEFINE_string('src', None, 'The diffusers folder.', required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The new workdir.', required=True)
+_CONFIG = flags.DEFINE_string('config', None, 'Data and training settings for '
+                              'fine-tuning: a config file or a shipped name.')
+
+
+def main() -> None:
+  from ddpm_jax.config import load_config_file
+  from ddpm_jax.diffusers_format import import_folder
+  base = load_config_file(_CONFIG.value) if _CONFIG.value else None
+  step, config = import_folder(_SRC.value, _WORKDIR.value, base)
+  m = config.model
+  print(f'imported {_SRC.value} into {_WORKDIR.value} (checkpoint {step}): '
+        f'{config.data.image_size}x{config.data.image_size}x{config.data.channels}, '
+        f'ch {m.ch}, ch_mult {tuple(m.ch_mult)}, attention at {tuple(m.attn_resolutions)}, '
+        f'{config.diffusion.schedule} schedule over T={config.diffusion.num_timesteps}, '
+        f'{config.diffusion.prediction}-prediction')
+  print(f'next: python sample.py --workdir {_WORKDIR.value} --out samples.png')
+
+
+def run() -> None:
+  common.run(main, positional='src')
+
+
+if __name__ == '__main__':
+  run()
