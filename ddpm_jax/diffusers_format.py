@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import builders
+from ddpm_jax import options
 from ddpm_jax import config as config_lib
 from ddpm_jax.checkpoint import Checkpointer
 from ddpm_jax.errors import UserError
@@ -36,7 +37,8 @@ _SCHEDULES = {'linear': 'linear', 'scaled_linear': 'scaled_linear',
               'squaredcos_cap_v2': 'cosine', 'sigmoid': 'sigmoid'}
 _PREDICTIONS = {'epsilon': 'eps', 'v_prediction': 'v', 'sample': 'x0'}
 _VARIANCES = {'fixed_large': 'fixedlarge', 'fixed_small': 'fixedsmall'}
-_SPACINGS = {'linspace': 'uniform', 'leading': 'leading', 'trailing': 'trailing'}
+# diffusers' timestep_spacing names, in the order of ours (options.TIMESTEP_SPACINGS)
+_SPACINGS = dict(zip(('linspace', 'leading', 'trailing'), options.TIMESTEP_SPACINGS))
 _OLD_ATTENTION_NAMES = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v',
                         'proj_attn': 'to_out.0'}
 

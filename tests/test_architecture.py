@@ -20,7 +20,7 @@ LAYERS = {
         'samplers', 'sampling', 'data', 'image_folder', 'input_pipeline',
         'images', 'sharding', 'tokenizer', 'captions'},
     1: {'config', 'builders', 'models', 'checkpoint', 'latent'},
-    2: {'train', 'pipeline', 'metrics'},
+    2: {'train', 'pipeline', 'metrics', 'diffusers_format'},
     3: {'cli'},
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
