@@ -16,7 +16,7 @@ from ddpm_jax import options
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax.config import model_kind, unet_input_shape
 from ddpm_jax.errors import UserError
-from ddpm_jax.schedules import Schedule, get_betas, make_schedule
+from ddpm_jax.schedules import Schedule, get_betas, make_schedule, trained_betas
 
 
 def null_condition(config, n: int) -> np.ndarray | None:
@@ -36,6 +36,8 @@ def betas_from_config(config) -> np.ndarray:
   d = config.diffusion
   if d.schedule == 'cosine':  # defined by ᾱ alone; beta_start/end do not apply
     return get_betas(d.schedule, d.num_timesteps)
+  if d.schedule == 'trained':  # one beta per step, in the config
+    return trained_betas(d.num_timesteps, d.trained_betas)
   return get_betas(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
 
 

@@ -109,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = 'linear'
+  c.diffusion.trained_betas = ()  # schedule 'trained': one beta per step
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 1e-4   # linear and sigmoid only: the cosine
   c.diffusion.beta_end = 0.02     # schedule is defined by its ᾱ alone
@@ -227,7 +228,8 @@ def unet_input_shape(config) -> tuple[int, int, int]:
 # they define the experiment (the noise process, the data, the batches).
 # Every other field (num_steps, logging, checkpoint and sample intervals,
 # the optimizer's settings, sampling) may change on resume.
-RESUME_FIXED = ('seed', 'diffusion.schedule', 'diffusion.num_timesteps',
+RESUME_FIXED = ('seed', 'diffusion.schedule', 'diffusion.trained_betas',
+                'diffusion.num_timesteps',
                 'diffusion.beta_start', 'diffusion.beta_end',
                 'diffusion.prediction', 'data.name', 'data.folder',
                 'data.split', 'data.image_size', 'data.resize', 'data.channels',
@@ -306,6 +308,11 @@ def validate(config, num_devices: int = 1) -> None:
   if not kind.autoencoder:
     _validate_unet(config)
   _choice('diffusion.schedule', config.diffusion.schedule, options.SCHEDULES)
+  if config.diffusion.schedule == 'trained':
+    b = config.diffusion.get('trained_betas', ())
+    if len(b) != config.diffusion.num_timesteps or not all(0 < x < 1 for x in b):
+      raise ConfigError(f'diffusion.trained_betas must hold diffusion.num_timesteps='
+                        f'{config.diffusion.num_timesteps} numbers in (0, 1), got {len(b)}')
   if config.diffusion.num_timesteps <= 1:
     raise ConfigError('diffusion.num_timesteps must be at least 2')
   if not 0 < config.diffusion.beta_start < config.diffusion.beta_end < 1:

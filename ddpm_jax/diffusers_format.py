@@ -194,17 +194,20 @@ def _apply_scheduler(c, s: dict) -> None:
   def refuse(field, why=''):
     return UserError(f'scheduler_config.json: {field}={json.dumps(s.get(field))} '
                      f'is not supported{": " + why if why else ""}')
-  if s.get('trained_betas') is not None:
-    raise refuse('trained_betas', 'only named beta schedules are')
   for field in ('thresholding', 'rescale_betas_zero_snr'):
     if s.get(field):
       raise refuse(field)
-  schedule = s.get('beta_schedule', 'linear')
-  if schedule not in _SCHEDULES:
-    raise refuse('beta_schedule', f'one of {list(_SCHEDULES)}')
   d = c.diffusion
-  d.schedule = _SCHEDULES[schedule]
   d.num_timesteps = int(s.get('num_train_timesteps', 1000))
+  if s.get('trained_betas') is not None:   # they take precedence, as in diffusers
+    d.schedule, d.trained_betas = 'trained', tuple(float(b) for b in s['trained_betas'])
+    if len(d.trained_betas) != d.num_timesteps:
+      raise refuse('trained_betas', f'it needs num_train_timesteps={d.num_timesteps} values')
+  else:
+    schedule = s.get('beta_schedule', 'linear')
+    if schedule not in _SCHEDULES:
+      raise refuse('beta_schedule', f'one of {list(_SCHEDULES)}')
+    d.schedule = _SCHEDULES[schedule]
   d.beta_start = float(s.get('beta_start', 1e-4))
   d.beta_end = float(s.get('beta_end', 0.02))
   prediction = s.get('prediction_type', 'epsilon')
@@ -396,7 +399,7 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
             if m.patch_size != 1 else f'model.ch_mult[0]={m.ch_mult[0]}')
     raise UserError(f'{workdir} holds {what}, which diffusers\' UNet2DModel '
                     'cannot represent')
-  if c.diffusion.schedule not in {v: k for k, v in _SCHEDULES.items()}:
+  if c.diffusion.schedule not in {v: k for k, v in _SCHEDULES.items()} | {'trained': 0}:
     raise UserError(f'diffusion.schedule={c.diffusion.schedule!r} has no '
                     'diffusers beta_schedule')
   paths = [os.path.join(out, f) for f in ('config.json', WEIGHTS, 'scheduler_config.json')]
@@ -458,7 +461,9 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
     unet_cfg[NULL_CLASS_KEY] = c.data.num_classes
   sched = {'_class_name': 'DDPMScheduler',
            'num_train_timesteps': c.diffusion.num_timesteps,
-           'beta_schedule': {v: k for k, v in _SCHEDULES.items()}[c.diffusion.schedule],
+           'beta_schedule': {v: k for k, v in _SCHEDULES.items()}.get(c.diffusion.schedule, 'linear'),
+           'trained_betas': (list(c.diffusion.trained_betas)
+                             if c.diffusion.schedule == 'trained' else None),
            'beta_start': c.diffusion.beta_start, 'beta_end': c.diffusion.beta_end,
            'prediction_type': {v: k for k, v in _PREDICTIONS.items()}[c.diffusion.prediction],
            'variance_type': {v: k for k, v in _VARIANCES.items()}[c.sampling.var_type],

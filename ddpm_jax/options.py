@@ -9,7 +9,7 @@ module loads no JAX, so a command can build its flags from it cheaply.
 TASKS = ('diffusion', 'autoencoder')
 
 # Noise schedules (schedules.BETA_SCHEDULES is keyed by these).
-SCHEDULES = ('linear', 'cosine', 'sigmoid', 'scaled_linear')
+SCHEDULES = ('linear', 'cosine', 'sigmoid', 'scaled_linear', 'trained')
 # What the UNet predicts, and how the loss is weighted per timestep.
 PREDICTIONS = ('eps', 'x0', 'v')
 LOSS_WEIGHTINGS = ('none', 'min_snr')

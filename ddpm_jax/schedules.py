@@ -51,11 +51,20 @@ def scaled_linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4,
                      dtype=np.float64) ** 2
 
 
+def trained_betas(num_timesteps: int, betas) -> np.ndarray:
+  """Betas given one per timestep (diffusers' `trained_betas`)."""
+  b = np.asarray(betas, np.float64)
+  if b.shape != (num_timesteps,) or not np.all((b > 0) & (b < 1)):
+    raise ValueError(f'trained betas must be {num_timesteps} numbers in (0, 1)')
+  return b
+
+
 BETA_SCHEDULES: dict[str, Callable[..., np.ndarray]] = {
     'linear': linear_betas,
     'cosine': cosine_betas,
     'sigmoid': sigmoid_betas,
     'scaled_linear': scaled_linear_betas,
+    'trained': trained_betas,
 }
 assert tuple(BETA_SCHEDULES) == options.SCHEDULES
 

@@ -95,8 +95,9 @@ def _damage(step_dir, how):
     for f in data:
       with open(f, 'r+b') as fh:
         fh.truncate(os.path.getsize(f) // 2)
-  elif how == 'deleted':
-    os.remove(max(data, key=os.path.getsize))
+  elif how == 'deleted':   # every array file: whichever a reader needs is gone
+    for f in data:
+      os.remove(f)
   elif how == 'metadata':
     with open(os.path.join(step_dir, 'state', '_METADATA'), 'w') as f:
       f.write('{"tree_metadata": ')

@@ -131,8 +131,10 @@ def test_sample_on_corrupt_checkpoint_keeps_existing_output(trained, tmp_path):
           fh.truncate(os.path.getsize(p) // 2)
   out = tmp_path / 'old.png'
   out.write_bytes(b'previous result')
-  r = _run('sample.py', f'--workdir={wd}', f'--out={out}', '--overwrite')
-  _assert_one_line_error(r, 'checkpoint 6', 'unreadable')
+  # Asked for by number, a damaged step is an error (without --checkpoint
+  # the one before it is used, with a warning: tests/test_checkpoint.py).
+  r = _run('sample.py', f'--workdir={wd}', '--checkpoint=6', f'--out={out}', '--overwrite')
+  _assert_one_line_error(r, 'checkpoint 6', 'is damaged')
   assert out.read_bytes() == b'previous result'
   # A checkpoint whose saved config disagrees with its arrays.
   meta = wd / 'checkpoints' / '3' / 'meta' / 'metadata'

@@ -129,18 +129,31 @@ def _edited(tmp_path, name, unet=None, scheduler=None, tag=''):
     (dict(down_block_types=['DownBlock2D', 'CrossAttnDownBlock2D']), 'down_block_types='),
     (dict(mid_block_scale_factor=1.414), 'mid_block_scale_factor=1.414'),
     (dict(attention_head_dim=5), 'attention_head_dim=5 cannot be represented'),
+    (dict(block_out_channels=[8, 24]), r'tensor for .* has shape \(.*\), the model needs'),
 ])
 def test_what_our_unet_cannot_represent_is_one_line(tmp_path, change, message):
   src = _edited(tmp_path, 'ddpm_attn_one', unet=change)
-  with pytest.raises(UserError, match=message.replace('[', r'\[').replace('(', r'\(')):
+  pattern = message if message.startswith('tensor') else (
+      message.replace('[', r'\[').replace('(', r'\('))
+  with pytest.raises(UserError, match=pattern):
     df.import_folder(src, str(tmp_path / 'wd'))
   assert not (tmp_path / 'wd').exists()
 
 
 def test_scheduler_fields_and_bad_folders(tmp_path):
-  src = _edited(tmp_path, 'ddpm_attn_one', scheduler=dict(trained_betas=[0.1] * 100))
-  with pytest.raises(UserError, match='scheduler_config.json: trained_betas=.* is not supported'):
-    df.import_folder(src, str(tmp_path / 'a'))
+  betas = np.linspace(1e-4, 0.05, 100)
+  src = _edited(tmp_path, 'ddpm_attn_one', scheduler=dict(trained_betas=betas.tolist()))
+  df.import_folder(src, str(tmp_path / 'a'))
+  pipe = load(str(tmp_path / 'a'))
+  assert pipe.config.diffusion.schedule == 'trained'
+  np.testing.assert_allclose(np.asarray(builders.schedule_from_config(pipe.config).betas),
+                             betas, rtol=1e-6)
+  df.export_workdir(str(tmp_path / 'a'), str(tmp_path / 'a_out'))
+  exported = json.loads((tmp_path / 'a_out' / 'scheduler_config.json').read_text())
+  assert exported['trained_betas'] == betas.tolist()
+  src = _edited(tmp_path, 'ddpm_attn_one', scheduler=dict(trained_betas=[0.1] * 7), tag='short')
+  with pytest.raises(UserError, match='trained_betas=.* it needs num_train_timesteps=100 values'):
+    df.import_folder(src, str(tmp_path / 'a2'))
   src = _edited(tmp_path, 'attn_many_classes', scheduler=dict(variance_type='learned'))
   with pytest.raises(UserError, match='variance_type="learned" is not supported'):
     df.import_folder(src, str(tmp_path / 'b'))
