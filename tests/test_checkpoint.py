@@ -114,14 +114,28 @@ def test_missing_checkpoints(tmp_path):
     load(str(tmp_path / 'empty'))
 
 
+@pytest.fixture(scope='module')
+def two_checkpoints(tmp_path_factory):
+  """A tiny run with checkpoints at steps 3 and 6."""
+  from ddpm_jax.config import load_config_file
+  from conftest import REPO
+  c = load_config_file(os.path.join(REPO, 'configs', 'tiny.py'))
+  c.training.checkpoint_every = 3
+  wd = tmp_path_factory.mktemp('two_checkpoints') / 'wd'
+  loop.train(c, str(wd), progress=False)
+  return wd
+
+
 # pytest's own unraisable hook (in place of the default one the settle step
 # drains) reports the failed reads' coroutines as warnings: not the user's.
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 @pytest.mark.parametrize('how', ['deleted', 'metadata', 'meta'])
 def test_a_damaged_newest_checkpoint_is_skipped_by_load_and_set_aside_by_training(
-    tiny_config, tmp_path, how, capfd):
+    tiny_config, tmp_path, how, capfd, two_checkpoints):
+  import shutil
+  tmp_path = tmp_path / 'wd'
+  shutil.copytree(two_checkpoints, tmp_path)
   tiny_config.training.checkpoint_every = 3
-  loop.train(tiny_config, str(tmp_path), progress=False)
   _damage(str(tmp_path / 'checkpoints' / '6'), how)
   capfd.readouterr()
   with pytest.warns(UserWarning, match='checkpoint 6 in .* is damaged: .*; using '
