@@ -85,9 +85,14 @@ class AttnBlock(nnx.Module):
 
   def __call__(self, x):
     B, H, W, C = x.shape
+    q, k, v = jnp.split(self.qkv(self.norm(x)).reshape(B, H * W, 3 * C), 3, -1)
     n = self.heads
-    q, k, v = (a.reshape(B, H * W, n, C // n) for a in jnp.split(
-        self.qkv(self.norm(x)).reshape(B, H * W, 3 * C), 3, -1))
+    if n == 1:   # the paper's single head (kept as it was: same numbers)
+      w = jnp.einsum('bqc,bkc->bqk', q, k) * (C ** -0.5)
+      w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
+      h = jnp.einsum('bqk,bkc->bqc', w, v).reshape(B, H, W, C)
+      return x + self.proj(h)
+    q, k, v = (a.reshape(B, H * W, n, C // n) for a in (q, k, v))
     w = jnp.einsum('bqnc,bknc->bnqk', q, k) * ((C // n) ** -0.5)
     w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
     h = jnp.einsum('bnqk,bknc->bqnc', w, v).reshape(B, H, W, C)
@@ -95,13 +100,14 @@ class AttnBlock(nnx.Module):
 
 
 class Downsample(nnx.Module):
-  """A 3×3 conv of stride 2. `padding` 0: one row and column after the
-  image (the paper's, and diffusers' downsample_padding=0); 1: one on every
-  side (diffusers' downsample_padding=1)."""
+  """A 3×3 conv of stride 2. `padding` 0: 'SAME', which on the even sizes a
+  UNet takes is one row and column after the image (the paper's, and
+  diffusers' downsample_padding=0); 1: one on every side (diffusers'
+  downsample_padding=1)."""
 
   def __init__(self, ch: int, dtype, *, padding: int = 0, rngs: nnx.Rngs):
     self.conv = nnx.Conv(ch, ch, (3, 3), strides=2, kernel_init=default_init,
-                         padding=((0, 1), (0, 1)) if padding == 0 else ((1, 1), (1, 1)),
+                         padding='SAME' if padding == 0 else ((1, 1), (1, 1)),
                          dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
