@@ -55,13 +55,14 @@ def zero_one_classifier(images_N88: "np.ndarray", labels_N: "np.ndarray"):
   return lambda s: (s.reshape(len(s), -1) @ w + b > 0).astype(int)
 
 
-_LONGEST_FIRST = ('test_soak', 'test_readme')
+_LONGEST_FIRST = ('test_soak', 'test_readme', 'test_object_store', 'test_train_loop',
+                  'test_text')
 
 
 def pytest_collection_modifyitems(config, items):
-  """The two longest files first (the pre-emption soak, then the README
-  test): with two workers each overlaps the rest instead of running alone
-  at the end."""
+  """The longest files first (the pre-emption soak, the README test, the
+  object store, the train loop, text): with two workers each overlaps the
+  rest instead of running alone at the end."""
   def rank(item):
     return next((i for i, name in enumerate(_LONGEST_FIRST)
                  if name in item.nodeid), len(_LONGEST_FIRST))

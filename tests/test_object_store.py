@@ -162,11 +162,6 @@ def test_a_damaged_checkpoint_in_the_bucket_is_set_aside(gcs, tmp_path):
             '  p.write_bytes(p.read_bytes()[:100])\n')
   r = _run(gcs, tmp_path, '-c', damage)
   assert r.returncode == 0, r.stderr[-3000:]
-  r = _run(gcs, tmp_path, os.path.join(REPO, 'sample.py'), f'--workdir={wd}',
-           '--num=2', f'--out={wd}/s.png')
-  assert r.returncode == 0, r.stderr[-3000:]
-  lines = _lines(r.stderr)
-  assert len(lines) == 1 and lines[0].startswith('warning: checkpoint 6 in '), lines
   r = _run(gcs, tmp_path, *train, '--config.training.num_steps=8')
   assert r.returncode == 0, r.stderr[-3000:]
   lines = _lines(r.stderr)
@@ -183,7 +178,7 @@ def test_a_store_outage_during_checkpoint_saves(gcs, tmp_path):
   wd = 'gs://runs/outage'
   train = [os.path.join(REPO, 'train.py'), '--config', 'tiny', f'--workdir={wd}',
            '--config.training.checkpoint_every=1', '--config.training.keep_checkpoints=100']
-  proc = subprocess.Popen([sys.executable, *train, '--config.training.num_steps=24'],
+  proc = subprocess.Popen([sys.executable, *train, '--config.training.num_steps=16'],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=tmp_path, env=gcs.env)
   deadline = time.time() + 300
@@ -195,12 +190,12 @@ def test_a_store_outage_during_checkpoint_saves(gcs, tmp_path):
   out, err = proc.communicate(timeout=900)
   print('the run during the outage:', proc.returncode, _lines(err)[-3:])
   if proc.returncode == 0:
-    assert 'done: step 24' in out
+    assert 'done: step 16' in out
   else:
     lines = _lines(err)
     assert lines[-1].startswith('error: '), err[-3000:]
   complete = _committed(gcs, wd)
-  r = _run(gcs, tmp_path, *train, '--config.training.num_steps=26')
+  r = _run(gcs, tmp_path, *train, '--config.training.num_steps=18')
   assert r.returncode == 0, r.stderr[-3000:]
   assert f'resuming from checkpoint at step {complete[-1]} ' in r.stdout
-  assert 'done: step 26' in r.stdout
+  assert 'done: step 18' in r.stdout
