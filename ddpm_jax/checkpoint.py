@@ -23,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ddpm_jax.errors import UserError
+from ddpm_jax.errors import UserError, describe
 from ddpm_jax import files
 from ddpm_jax.files import require_utf8
 
@@ -131,7 +131,7 @@ class Checkpointer:
         cause = _read_failure(e)
         if cause is None:
           raise
-        reason = _short(cause)
+        reason = describe(cause)
         del e, cause  # frees the failed reads' coroutines for settle()
       quiet.settle()
     raise DamagedCheckpoint(step, self.directory, reason)
@@ -152,7 +152,7 @@ class Checkpointer:
           meta=ocp.args.JsonSave({**meta, 'step': step})), force=True)
     except OSError as e:  # full disk, lost permissions, ...
       raise CheckpointError(f'saving checkpoint {step} in {self.directory} '
-                            f'failed: {_short(e)}; earlier checkpoints are '
+                            f'failed: {describe(e)}; earlier checkpoints are '
                             'intact') from e
 
   def wait(self) -> None:
@@ -160,7 +160,7 @@ class Checkpointer:
       self.manager.wait_until_finished()
     except OSError as e:  # an asynchronous write that failed
       raise CheckpointError(f'writing a checkpoint in {self.directory} '
-                            f'failed: {_short(e)}; earlier checkpoints are '
+                            f'failed: {describe(e)}; earlier checkpoints are '
                             'intact') from e
 
   def close(self) -> None:
@@ -186,20 +186,22 @@ class Checkpointer:
       raise DamagedCheckpoint(step, self.directory, 'it has no config metadata')
     return step, meta
 
-  def newest_readable(self, read: Callable[[int], Any],
-                      warn: bool = True) -> tuple[int, Any]:
-    """(step, read(step)) for the newest step that `read` can read; each
-    damaged newer step is skipped, with a warning unless `warn` is False
-    (readers leave it in place: the trainer sets it aside)."""
-    for step in reversed(self.all_steps()):
+  def newest_readable(self, read: Callable[[int], Any], warn: bool = True,
+                      at_most: int | None = None) -> tuple[int, Any]:
+    """(step, read(step)) for the newest step (at most `at_most`) that
+    `read` can read; each damaged newer step is skipped, with a warning
+    unless `warn` is False (readers leave it in place: the trainer sets it
+    aside)."""
+    steps = [s for s in self.all_steps() if at_most is None or s <= at_most]
+    for step in reversed(steps):
       try:
         return step, read(step)
       except DamagedCheckpoint as e:
         if warn:
           warnings.warn(f'{e}; using the checkpoint before it')
     raise CheckpointError(f'no readable checkpoint in {self.directory}'
-                          if self.all_steps() else
-                          f'no checkpoint found in {self.directory}')
+                          + (f' at or before step {at_most}' if at_most is not None else '')
+                          if steps else f'no checkpoint found in {self.directory}')
 
   def set_aside(self, step: int) -> str:
     """Moves a damaged step out of the checkpoints (never deletes it), to
@@ -264,8 +266,3 @@ def _replicated_abstract(target: Any, mesh: Mesh) -> Any:
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       target)
-
-
-def _short(e: BaseException) -> str:
-  text = ' '.join(str(e).split())
-  return f'{type(e).__name__}: {text[:300]}'

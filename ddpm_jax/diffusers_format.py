@@ -16,14 +16,17 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from ddpm_jax import builders
+from ddpm_jax import files
 from ddpm_jax import options
+from ddpm_jax import sampling
 from ddpm_jax import config as config_lib
 from ddpm_jax.checkpoint import Checkpointer
-from ddpm_jax.errors import UserError
+from ddpm_jax.errors import UserError, describe
 
 WEIGHTS = 'diffusion_pytorch_model.safetensors'
 LEGACY_WEIGHTS = 'diffusion_pytorch_model.bin'
@@ -39,6 +42,14 @@ _PREDICTIONS = {'epsilon': 'eps', 'v_prediction': 'v', 'sample': 'x0'}
 _VARIANCES = {'fixed_large': 'fixedlarge', 'fixed_small': 'fixedsmall'}
 # diffusers' timestep_spacing names, in the order of ours (options.TIMESTEP_SPACINGS)
 _SPACINGS = dict(zip(('linspace', 'leading', 'trailing'), options.TIMESTEP_SPACINGS))
+
+
+def _inverse(d: dict) -> dict:
+  """ours -> diffusers' name."""
+  return {v: k for k, v in d.items()}
+
+
+_SCHEDULE_NAMES = _inverse(_SCHEDULES)
 _OLD_ATTENTION_NAMES = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v',
                         'proj_attn': 'to_out.0'}
 
@@ -64,7 +75,7 @@ def _read_json(path: str) -> dict:
     with open(path, encoding='utf-8') as f:
       d = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise UserError(f'cannot read {path}: {" ".join(str(e).split())}') from e
+    raise UserError(f'cannot read {path}: {describe(e)}') from e
   if not isinstance(d, dict):
     raise UserError(f'{path} is not a JSON object')
   return d
@@ -80,7 +91,7 @@ def read_weights(folder: str) -> dict[str, np.ndarray]:
     try:
       tensors = load_file(path)
     except (SafetensorError, OSError, ValueError, TypeError) as e:
-      raise UserError(f'cannot read {path}: {" ".join(str(e).split())[:300]}') from e
+      raise UserError(f'cannot read {path}: {describe(e)}') from e
   elif os.path.isfile(os.path.join(folder, LEGACY_WEIGHTS)):
     legacy = os.path.join(folder, LEGACY_WEIGHTS)
     try:
@@ -94,7 +105,7 @@ def read_weights(folder: str) -> dict[str, np.ndarray]:
     try:
       state = torch.load(legacy, map_location='cpu', weights_only=True)
     except (RuntimeError, OSError, EOFError) as e:
-      raise UserError(f'cannot read {legacy}: {" ".join(str(e).split())[:300]}') from e
+      raise UserError(f'cannot read {legacy}: {describe(e)}') from e
     tensors = {k: v.float().numpy() for k, v in state.items()}
   else:
     raise UserError(f'{folder} has no {WEIGHTS} (or {LEGACY_WEIGHTS})')
@@ -361,6 +372,9 @@ def import_folder(src: str, workdir: str, base=None) -> tuple[int, Any]:
   """Writes `src` (a diffusers UNet2DModel or pipeline folder) as a workdir
   with one checkpoint at step 0 (EMA = the weights, a fresh optimizer), which
   load(), sample.py, evaluate and train.py (fine-tuning) accept."""
+  if files.exists(files.join(workdir, 'checkpoints')):
+    raise UserError(f'{workdir} already holds checkpoints; import into a new '
+                    'workdir')
   unet_dir, sched_dir = find_folders(src)
   unet_cfg = _read_json(os.path.join(unet_dir, 'config.json'))
   sched_cfg = (_read_json(os.path.join(sched_dir, 'scheduler_config.json'))
@@ -368,14 +382,10 @@ def import_folder(src: str, workdir: str, base=None) -> tuple[int, Any]:
   config, flip = config_from_diffusers(unet_cfg, sched_cfg, base)
   params = params_from_diffusers(read_weights(unet_dir), config, flip)
   from ddpm_jax.train import step as step_lib
-  _, state = step_lib.init_train_state(config)
-  state.params = jax.tree.map(np.asarray, params)
-  state.ema_params = state.params
-  state.opt_state = step_lib.make_optimizer(config.training).init(state.params)
-  from ddpm_jax.files import exists, join
-  if exists(join(workdir, 'checkpoints')):
-    raise UserError(f'{workdir} already holds checkpoints; import into a new '
-                    'workdir')
+  state = step_lib.TrainState(   # as init_train_state makes it, with these weights
+      step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+      opt_state=step_lib.make_optimizer(config.training).init(params),
+      rng=sampling.seed_key(config.seed))
   with Checkpointer(workdir) as ckpt:
     ckpt.save(0, state.to_saveable(), {'config': json.loads(config.to_json()),
                                        'imported_from': os.path.abspath(src)})
@@ -388,9 +398,12 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
   """Writes a workdir's checkpoint as a diffusers folder: config.json,
   diffusion_pytorch_model.safetensors and scheduler_config.json, which
   UNet2DModel.from_pretrained and DDPMScheduler.from_pretrained load."""
-  from ddpm_jax.pipeline import load
-  pipe = load(workdir, step, use_ema=use_ema)
-  c = pipe.config
+  from ddpm_jax.pipeline import load, read_config
+  paths = [os.path.join(out, f) for f in ('config.json', WEIGHTS, 'scheduler_config.json')]
+  for p in paths:
+    if os.path.exists(p) and not overwrite:
+      raise UserError(f'{p} exists; pass overwrite=True to replace it')
+  step, c = read_config(workdir, step)   # refuse before restoring any array
   kind = config_lib.model_kind(c)
   m = c.model
   if kind.text or kind.latent or m.patch_size != 1 or m.ch_mult[0] != 1:
@@ -399,14 +412,10 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
             if m.patch_size != 1 else f'model.ch_mult[0]={m.ch_mult[0]}')
     raise UserError(f'{workdir} holds {what}, which diffusers\' UNet2DModel '
                     'cannot represent')
-  if c.diffusion.schedule not in {v: k for k, v in _SCHEDULES.items()} | {'trained': 0}:
+  if c.diffusion.schedule not in (*_SCHEDULE_NAMES, 'trained'):
     raise UserError(f'diffusion.schedule={c.diffusion.schedule!r} has no '
                     'diffusers beta_schedule')
-  paths = [os.path.join(out, f) for f in ('config.json', WEIGHTS, 'scheduler_config.json')]
-  for p in paths:
-    if os.path.exists(p) and not overwrite:
-      raise UserError(f'{p} exists; pass overwrite=True to replace it')
-  params = jax.device_get(pipe.params)
+  params = jax.device_get(load(workdir, step, use_ema=use_ema).params)
   tensors: dict[str, np.ndarray] = {}
 
   def get(path):
@@ -461,14 +470,14 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
     unet_cfg[NULL_CLASS_KEY] = c.data.num_classes
   sched = {'_class_name': 'DDPMScheduler',
            'num_train_timesteps': c.diffusion.num_timesteps,
-           'beta_schedule': {v: k for k, v in _SCHEDULES.items()}.get(c.diffusion.schedule, 'linear'),
+           'beta_schedule': _SCHEDULE_NAMES.get(c.diffusion.schedule, 'linear'),
            'trained_betas': (list(c.diffusion.trained_betas)
                              if c.diffusion.schedule == 'trained' else None),
            'beta_start': c.diffusion.beta_start, 'beta_end': c.diffusion.beta_end,
-           'prediction_type': {v: k for k, v in _PREDICTIONS.items()}[c.diffusion.prediction],
-           'variance_type': {v: k for k, v in _VARIANCES.items()}[c.sampling.var_type],
+           'prediction_type': _inverse(_PREDICTIONS)[c.diffusion.prediction],
+           'variance_type': _inverse(_VARIANCES)[c.sampling.var_type],
            'clip_sample': bool(c.sampling.clip_x0), 'clip_sample_range': 1.0,
-           'timestep_spacing': {v: k for k, v in _SPACINGS.items()}.get(c.sampling.spacing, 'leading'),
+           'timestep_spacing': _inverse(_SPACINGS).get(c.sampling.spacing, 'leading'),
            'steps_offset': 0}
   from safetensors.numpy import save
   from ddpm_jax.files import atomic_write_all

@@ -62,18 +62,29 @@ def makedirs(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def read_bytes(path: str) -> bytes:
-  if is_remote(path):
-    return epath.Path(path).read_bytes()
-  with open(path, 'rb') as f:
-    return f.read()
-
-
 def open_read(path: str) -> BinaryIO:
   """A binary file object of `path` (an object is read into memory)."""
   if is_remote(path):
     return io.BytesIO(epath.Path(path).read_bytes())
   return open(path, 'rb')
+
+
+def read_bytes(path: str) -> bytes:
+  with open_read(path) as f:
+    return f.read()
+
+
+def upload(path: str, data: bytes) -> None:
+  """Writes an object whole (an object store's writes are atomic: the
+  object appears only when the upload completes)."""
+  epath.Path(path).write_bytes(data)
+
+
+def remove(path: str) -> None:
+  if is_remote(path):
+    epath.Path(path).unlink()
+  else:
+    os.remove(path)
 
 
 def move_tree(src: str, dst: str) -> None:
@@ -151,7 +162,7 @@ def atomic_write_all(paths: Sequence[str], writers: Sequence[Writer]) -> None:
         f.flush()
         os.fsync(f.fileno())
     for path, data in uploads:
-      epath.Path(path).write_bytes(data)
+      upload(path, data)
     for tmp, path in zip(tmps, [p for p in paths if not is_remote(p)]):
       os.replace(tmp, path)
   finally:
@@ -195,6 +206,6 @@ class AppendFile:
     if not self.remote or len(self._content) == self._uploaded:
       return
     if force or time.monotonic() - self._last_upload >= self.upload_every_s:
-      epath.Path(self.path).write_bytes(bytes(self._content))
+      upload(self.path, bytes(self._content))
       self._uploaded = len(self._content)
       self._last_upload = time.monotonic()

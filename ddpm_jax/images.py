@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from typing import BinaryIO
@@ -66,8 +65,7 @@ def read_image(path: str, channels: int, what: str) -> np.ndarray:
   if not files.isfile(path):
     raise UserError(f'{what} {path} does not exist')
   try:
-    source = io.BytesIO(files.read_bytes(path)) if files.is_remote(path) else path
-    with Image.open(source) as img:
+    with files.open_read(path) as f, Image.open(f) as img:
       if img.width * img.height > MAX_INPUT_PIXELS:
         raise UserError(f'{what} {path} is {img.width}x{img.height} pixels, more '
                         'than an input image can be')

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -39,9 +38,9 @@ from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sampling
 from ddpm_jax import sharding
 from ddpm_jax import tokenizer
-from ddpm_jax.checkpoint import CheckpointError, Checkpointer, DamagedCheckpoint
+from ddpm_jax.checkpoint import CheckpointError, Checkpointer
 from ddpm_jax.config import ModelKind
-from ddpm_jax.errors import UserError
+from ddpm_jax.errors import UserError, describe
 from ddpm_jax import files
 from ddpm_jax.files import atomic_write_all, probe_writable
 from ddpm_jax.models.unet import downsample_factor, make_apply
@@ -417,20 +416,16 @@ class Pipeline:
       if self.step_given:
         self.params = self._restore_step(ckpt, self.step, use_ema)
         return
-      for step in reversed([s for s in ckpt.all_steps() if s <= self.step]):
-        try:
-          if step != self.step:
-            _, meta = ckpt.read_meta(step)
-            if (config_lib.model_signature(config_lib.config_from_dict(meta['config']))
-                != config_lib.model_signature(self.config)):
-              break   # another model: not a stand-in for this one
-          self.params = self._restore_step(ckpt, step, use_ema)
-          self.step = step
-          return
-        except DamagedCheckpoint as e:
-          warnings.warn(f'{e}; using the checkpoint before it')
-      raise CheckpointError(f'no readable checkpoint of this model in '
-                            f'{ckpt.directory} at or before step {self.step}')
+
+      def read(step: int) -> Any:
+        if step != self.step:   # an older step stands in only for this model
+          _, meta = ckpt.read_meta(step)
+          if (config_lib.model_signature(config_lib.config_from_dict(meta['config']))
+              != config_lib.model_signature(self.config)):
+            raise CheckpointError(f'no readable checkpoint of this model in '
+                                  f'{ckpt.directory} at or before step {self.step}')
+        return self._restore_step(ckpt, step, use_ema)
+      self.step, self.params = ckpt.newest_readable(read, at_most=self.step)
 
   def _restore_step(self, ckpt: Checkpointer, step: int, use_ema: bool) -> Any:
     _, abstract = builders.abstract_model(self.config)
@@ -591,7 +586,7 @@ def _check_writable(path: str) -> None:
       files.makedirs(d)
       probe_writable(d)
     except OSError as e:
-      raise UserError(f'cannot write to {d}: {" ".join(str(e).split())[:300]}') from e
+      raise UserError(f'cannot write to {d}: {describe(e)}') from e
     return
   while not os.path.exists(d):
     d = os.path.dirname(d)

@@ -14,7 +14,7 @@ import uuid
 
 import jax
 
-from ddpm_jax.errors import UserError
+from ddpm_jax.errors import UserError, describe
 from ddpm_jax import files
 from ddpm_jax.files import require_utf8
 
@@ -31,11 +31,7 @@ def prepare_workdir(workdir: str) -> None:
     files.probe_writable(workdir)
   except OSError as e:
     raise TrainingError(f'workdir {workdir} is not writable: '
-                        f'{e.strerror or _short(e)}') from e
-
-
-def _short(e: BaseException) -> str:
-  return ' '.join(str(e).split())[:300] or type(e).__name__
+                        f'{e.strerror or describe(e)}') from e
 
 
 def workdir_lock(workdir: str) -> 'WorkdirLock | ObjectStoreLock':
@@ -104,7 +100,6 @@ class ObjectStoreLock:
             f'{time.time():.0f}\n').encode()
 
   def acquire(self) -> None:
-    from etils import epath
     try:
       owner = files.read_bytes(self.path).decode(errors='replace').split()
     except FileNotFoundError:
@@ -116,16 +111,15 @@ class ObjectStoreLock:
             f'another trainer (pid {owner[0]} on host {owner[1]}) updated '
             f'{self.path} {age:.0f} s ago; stop it first (if it is dead, '
             f'start again in {self.stale_s - age:.0f} s)')
-    epath.Path(self.path).write_bytes(self._record())
+    files.upload(self.path, self._record())
     self._thread = threading.Thread(target=self._beat, daemon=True,
                                     name='workdir-lock')
     self._thread.start()
 
   def _beat(self) -> None:
-    from etils import epath
     while not self._stop.wait(self.heartbeat_s):
       try:
-        epath.Path(self.path).write_bytes(self._record())
+        files.upload(self.path, self._record())
       except OSError:   # the store is unreachable for now: try again later
         pass
 
@@ -138,8 +132,7 @@ class ObjectStoreLock:
     try:
       owner = files.read_bytes(self.path).decode(errors='replace').split()
       if len(owner) == 4 and owner[2] == self.token:
-        from etils import epath
-        epath.Path(self.path).unlink()
+        files.remove(self.path)
     except OSError:  # unreachable: the lock goes stale by itself
       pass
 
