@@ -143,6 +143,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.spacing = 'uniform'
   c.sampling.eta = 0.0            # DDIM only
   c.sampling.guidance_scale = 1.0  # class-conditional models: grid guidance
+  # Inpainting and outpainting, for what a request leaves unset ('' and 0:
+  # the plain sampler and step count above); chosen from the editing
+  # benchmark (docs/results/editing.md).
+  c.sampling.edit_sampler = ''
+  c.sampling.edit_num_steps = 0
+  c.sampling.edit_jumps = 0
   return c
 
 
@@ -272,6 +278,8 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError(f'seed must be an integer >= 0, got {config.seed}')
   _choice('data.resize', d.resize, options.RESIZE_MODES)
   _choice('data.crop', d.crop, options.CROPS)
+  if d.name == options.EMBEDDED_DATASET:
+    _choice('data.split', d.split, options.EMBEDDED_SPLITS)
   if d.workers < 0:
     raise ConfigError(f'data.workers must be >= 0, got {d.workers}')
   _choice('task', config.task, options.TASKS)
@@ -337,6 +345,11 @@ def validate(config, num_devices: int = 1) -> None:
   s = config.sampling
   _choice('sampling.var_type', s.var_type, options.VAR_TYPES)
   _choice('sampling.sampler', s.sampler, options.SAMPLERS)
+  if s.edit_sampler:
+    _choice('sampling.edit_sampler', s.edit_sampler, options.SAMPLERS)
+  if s.edit_jumps < 0 or s.edit_num_steps < 0:
+    raise ConfigError('sampling.edit_jumps and sampling.edit_num_steps must be '
+                      '>= 0')
   _choice('sampling.spacing', s.spacing, options.SPACINGS)
   if not 0 <= s.num_steps <= config.diffusion.num_timesteps:
     raise ConfigError(f'sampling.num_steps={s.num_steps} must be in '

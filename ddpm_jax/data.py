@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import options
 from ddpm_jax.errors import UserError
 
-EMBEDDED = 'mnist5k'
+EMBEDDED = options.EMBEDDED_DATASET
 
 
 class DataError(UserError):
@@ -90,13 +91,27 @@ def load_embedded_mnist() -> ArraySource:
     return ArraySource(f['images'], f['labels'])
 
 
+def held_out_split(labels: np.ndarray, per_class: int = 100
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Indices (train, held_out) of the embedded set: held out are the first
+  `per_class` images of each class (the LeNet judge never trained on them)."""
+  held = np.concatenate([np.flatnonzero(labels == c)[:per_class]
+                         for c in range(10)])
+  train = np.setdiff1d(np.arange(len(labels)), held)
+  return train, held
+
+
 def load_source(data_cfg, *, labels: bool = False, captions: bool = False,
                 seed: int = 0) -> Source:
   """The configured dataset; a TFDS dataset must already be prepared. A
   folder reads its class labels (`labels`) or captions (`captions`);
   `seed` draws its random crops."""
   if data_cfg.name == EMBEDDED:
-    return load_embedded_mnist()
+    src = load_embedded_mnist()
+    if data_cfg.split == 'train_minus_heldout':
+      keep, _ = held_out_split(src.labels)
+      src = ArraySource(src.images[keep], src.labels[keep])
+    return src
   if data_cfg.name == 'folder':
     from ddpm_jax.image_folder import FolderSource
     return FolderSource(data_cfg.folder, data_cfg.image_size, data_cfg.channels,

@@ -18,9 +18,6 @@ LOSS_WEIGHTINGS = ('none', 'min_snr')
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'euler', 'euler_a', 'heun', 'dpm2')
 # The samplers that run on a σ grid, and so take spacing 'karras'.
 SIGMA_SAMPLERS = ('dpm++2m', 'euler', 'euler_a', 'heun', 'dpm2')
-# The samplers RePaint resampling (inpainting `jumps`) works with: those
-# whose state is x alone and whose step is a plain transition x_i -> x_{i-1}.
-REPAINT_SAMPLERS = ('ddpm', 'ddim')
 # Timestep spacings of a respaced grid; 'karras' is Karras et al.'s σ spacing.
 TIMESTEP_SPACINGS = ('uniform', 'leading', 'trailing')
 SPACINGS = TIMESTEP_SPACINGS + ('karras',)
@@ -45,3 +42,8 @@ LANGUAGES = ('en', 'es')
 LR_DECAYS = ('none', 'cosine')
 NAN_POLICIES = ('stop', 'skip')
 AUTOENCODER_LOSSES = ('l1', 'l2')
+
+# The embedded MNIST-5k (data.py): its name and splits, all 5,000 images or
+# the 4,000 outside the LeNet judge's held-out 100 per class.
+EMBEDDED_DATASET = 'mnist5k'
+EMBEDDED_SPLITS = ('train', 'train_minus_heldout')

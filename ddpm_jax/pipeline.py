@@ -34,6 +34,7 @@ from ddpm_jax import checks
 from ddpm_jax import config as config_lib
 from ddpm_jax import images as images_lib
 from ddpm_jax import latent as latent_lib
+from ddpm_jax import memory
 from ddpm_jax import samplers as samplers_lib
 from ddpm_jax import sampling
 from ddpm_jax import sharding
@@ -43,8 +44,10 @@ from ddpm_jax.config import ModelKind
 from ddpm_jax.errors import UserError, describe
 from ddpm_jax import files
 from ddpm_jax.files import atomic_write_all, probe_writable
-from ddpm_jax.models.unet import downsample_factor, make_apply
+from ddpm_jax.models.unet import attention_levels, downsample_factor, make_apply
 
+# Images an edit (img2img, inpainting, outpainting) writes by default.
+EDIT_NUM = 16
 # Top-level activations a default sampling batch may hold (see default_batch).
 _BATCH_BYTES = 2 ** 31
 
@@ -214,6 +217,84 @@ class Pipeline:
     z = config_lib.unet_input_shape(self.config)[2]
     return (h // self.codec.factor, w // self.codec.factor, z)
 
+  def _network_levels(self) -> tuple[list, list]:
+    """(the UNet's levels on the scan canvas, the decoder's on the pixel
+    canvas) for memory.network_bytes."""
+    m = self.config.model
+    p = m.get('patch_size', 1)
+    size = config_lib.unet_input_shape(self.config)[0]
+    attn = set(attention_levels(size, m.ch_mult, m.attn_resolutions, p))
+    text = self.kind.text
+    cross = set(attention_levels(size, m.ch_mult, m.cross_attn_resolutions, p)
+                if text else ())
+    unet = []
+    for level, mult in enumerate(m.ch_mult):
+      c = m.ch * mult
+      heads = (c // m.attn_head_dim if m.get('attn_head_dim', 0) else 1
+               ) if level in attn else 0
+      unet.append(memory.Level(
+          2 ** level * p, c, m.num_res_blocks + 1,
+          heads + (m.text_heads if level in cross else 0),
+          m.text_max_len if level in cross else 0))
+    decoder = []
+    if self.codec is not None:
+      a = self.config.autoencoder
+      for level, mult in enumerate(a.ch_mult):
+        last = level == len(a.ch_mult) - 1
+        decoder.append(memory.Level(2 ** level, a.ch * mult, 0, int(last)))
+    return unet, decoder
+
+  def _image_bytes(self, shape, guided: bool) -> int:
+    """Estimated peak bytes one image of a sampling call adds, at the scan
+    `shape`."""
+    unet, decoder = self._network_levels()
+    h, w, _ = shape
+    f = self.codec.factor if self.codec else 1
+    return max((2 if guided else 1) * memory.network_bytes(unet, h, w),
+               memory.network_bytes(decoder, h * f, w * f))
+
+  def _fitting_batch(self, shape, batch: int, given: bool, guided: bool,
+                     frames: int) -> int:
+    """`batch`, or (not `given`) the largest batch up to it whose estimated
+    peak memory fits the device; one line if none fits (or a given batch
+    does not), naming the largest batch or canvas that does."""
+    avail = memory.device_bytes()
+    if avail is None:
+      return batch
+    devices = self.mesh.size
+    fixed = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(self.params)
+                ) if self.params is not None else 0
+    per_image = self._image_bytes(shape, guided) + 4 * int(
+        np.prod(shape)) * (frames + 4)
+    per_device = lambda b: -(-b // devices) if b % devices == 0 else b
+    fits = lambda b: fixed + per_device(b) * per_image <= avail
+    if fits(batch):
+      return batch
+    largest = max((avail - fixed) // per_image, 0) * (
+        devices if batch % devices == 0 else 1)
+    f = self.codec.factor if self.codec else 1
+    h, w = shape[0] * f, shape[1] * f
+    where = f'{len(jax.local_devices())} x {jax.local_devices()[0].platform}'
+    if largest >= 1:
+      if not given:
+        return int(min(batch, largest))
+      raise UserError(
+          f'a batch of {batch} images of {h}x{w} needs about '
+          f'{memory.gib(fixed + per_device(batch) * per_image)} to sample, more '
+          f'than the {memory.gib(avail)} of this device ({where}); the largest '
+          f'batch that fits is about batch_size={int(largest)}')
+    side, step = 0, self._factor()
+    s = step
+    while fixed + self._image_bytes(self._scan_shape((s, s, shape[2])),
+                                    guided) <= avail:
+      side, s = s, s + step
+    fit = (f'the largest square canvas that fits is about {side}x{side}'
+           if side else 'no canvas fits')
+    raise UserError(
+        f'one {h}x{w} image needs about '
+        f'{memory.gib(fixed + per_image)} to sample, more than the '
+        f'{memory.gib(avail)} of this device ({where}); {fit}')
+
   def _outpaint(self, x: np.ndarray, margins) -> tuple[np.ndarray, np.ndarray]:
     """(canvas, mask) of `sampling.outpaint_canvas` at this model's factor."""
     f = self._factor()
@@ -230,7 +311,8 @@ class Pipeline:
               negative_prompt: str | Sequence[str] | None = None,
               guidance_scale: float | None = None, init_image=None,
               strength: float | None = None, mask=None, outpaint=None,
-              paste_known: bool = True, jumps: int = 0, capture_every: int = 0,
+              paste_known: bool = True, jumps: int | None = None,
+              capture_every: int = 0,
               batch_size: int | None = None, noise=None,
               **sampler_options) -> SampleRequest:
     """Checks a sampling request against the model without touching its
@@ -242,7 +324,7 @@ class Pipeline:
                                    optional=True)
     strength = checks.number('strength', strength, low=0, high=1, optional=True)
     paste_known = checks.boolean('paste_known', paste_known)
-    jumps = checks.integer('jumps', jumps, low=0)
+    jumps = checks.integer('jumps', jumps, low=0, optional=True)
     capture_every = checks.integer('capture_every', capture_every, low=0)
     batch_size = checks.integer('batch_size', batch_size, low=1, optional=True)
     kind = self.kind
@@ -284,6 +366,13 @@ class Pipeline:
         outpaint is None):
       raise UserError('an init image needs a strength (img2img), a mask '
                       '(inpainting) or outpaint margins')
+    if mask is not None or outpaint is not None:   # the editing defaults
+      s = self.config.sampling
+      sampler = sampler if sampler is not None else (s.edit_sampler or None)
+      if num_steps is None and s.edit_num_steps:
+        num_steps = min(s.edit_num_steps, self.config.diffusion.num_timesteps)
+      jumps = s.edit_jumps if jumps is None else jumps
+    jumps = jumps or 0
     smp = self.sampler(sampler, num_steps, **sampler_options)  # checks them all
     name = smp.name
     problem = sampling.repaint_problem(
@@ -297,7 +386,10 @@ class Pipeline:
       x_init, m = self._outpaint(x_init, outpaint)
     shape = self._scan_shape(self.image_shape if x_init is None
                              else x_init.shape[1:])
-    batch = min(num, batch_size or self._default_batch(shape))
+    batch = self._fitting_batch(
+        shape, min(num, batch_size or self._default_batch(shape)),
+        batch_size is not None, guided, -(-smp.num_steps // capture_every) + 1
+        if capture_every else 0)
     if noise is not None:   # diffusers' latents=: the same start, the same images
       noise = np.asarray(noise, np.float32)
       if noise.shape != (num,) + tuple(shape):
@@ -342,9 +434,18 @@ class Pipeline:
       n = min(req.batch, req.num - i)
       pad = lambda a: None if a is None else _pad_to(a[i:i + n], req.batch)
       fn = self._sample_fn(req.fn_args, req.batch)
-      x, f = fn(self.params, root if k == 0 else jax.random.fold_in(root, k),
-                pad(req.y), scale, pad(req.x_init), pad(req.mask),
-                pad(req.y_null), pad(req.noise))
+      try:
+        x, f = fn(self.params, root if k == 0 else jax.random.fold_in(root, k),
+                  pad(req.y), scale, pad(req.x_init), pad(req.mask),
+                  pad(req.y_null), pad(req.noise))
+      except jax.errors.JaxRuntimeError as e:
+        if 'RESOURCE_EXHAUSTED' not in str(e):
+          raise
+        raise UserError(
+            f'out of device memory sampling a batch of {req.batch} at '
+            f'{"x".join(map(str, dict(req.fn_args)["shape"][:2]))} (the '
+            'estimate let it through): try a smaller batch_size or canvas'
+        ) from None
       xs.append(np.asarray(sharding.gather(x))[:n])
       if f is not None:
         frames.append(np.asarray(jax.device_get(f))[:, :n])
@@ -390,10 +491,13 @@ class Pipeline:
     prompt are given; 0: unconditional, 1: conditional).
     init_image ([H, W, C] or [num, H, W, C] in [-1, 1])
     with `strength` is img2img (SDEdit); with `mask` (1 = regenerate) it is
-    inpainting, with `jumps` RePaint resamplings of every 10-step block (the
-    samplers of options.REPAINT_SAMPLERS); with `outpaint=(L, T, R, B)` it is outpainting: the image (of any
+    inpainting, with `jumps` RePaint resamplings of every 10-step block (any
+    sampler); with `outpaint=(L, T, R, B)` it is outpainting: the image (of any
     size) is placed on a canvas larger by those margins and only the border
-    is generated, so the images come out at the canvas size. A latent model
+    is generated, so the images come out at the canvas size. Inpainting and
+    outpainting take the sampler, step count and jumps they are not given
+    from the config's sampling.edit_* (docs/results/editing.md). With no
+    labels (or prompt) an edit is unconditional: the null condition. A latent model
     takes the same arguments: the scan runs on latents and is decoded; with
     a mask (or outpaint), `paste_known=False` keeps the decoder's pixels
     where the image was known instead of putting the originals back.
@@ -504,15 +608,18 @@ def load(workdir: str, step: int | None = None, use_ema: bool = True,
   return pipe
 
 
-def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
+def write_samples(workdir: str, out: str, *, num: int | None = None,
+                  seed: int = 0,
                   checkpoint: int | None = None, use_ema: bool = True,
                   gif: bool = False, npy: bool = False,
                   labels: Sequence[int] | None = None,
                   init_image: str | None = None, mask: str | None = None,
                   progress: bool = True, overwrite: bool = False,
                   **sample_kwargs) -> list[str]:
-  """Samples `num` images into the PNG grid `out` (a class-conditional
-  model: `labels` default to every class in turn, as in the training grid; a
+  """Samples `num` images (default 64; an edit of `init_image`: EDIT_NUM)
+  into the PNG grid `out` (a class-conditional model: `labels` default to
+  every class in turn, as in the training grid, but an edit is unconditional
+  unless labels are given; a
   text model: `prompt=` one or a list, one grid row each; no prompt:
   unconditional; `guidance_scale` as in `Pipeline.sample`); with `npy`, the
   raw samples in [-1, 1] into <stem>.npy; with `gif`, the reverse process
@@ -522,6 +629,8 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   all succeeded, so a failed run replaces nothing; an existing file is
   replaced only with `overwrite=True`. Returns the written paths."""
   out = checks.path('out', out)
+  if num is None:   # a grid to look at; edits of one image: a few variations
+    num = EDIT_NUM if init_image else 64
   num = checks.integer('num', num, low=1)
   seed = checks.integer('seed', seed)
   checkpoint = checks.integer('checkpoint', checkpoint, low=0, optional=True)
@@ -543,7 +652,7 @@ def write_samples(workdir: str, out: str, *, num: int = 64, seed: int = 0,
   if pipe.kind.text and prompt is not None:
     if not isinstance(prompt, str) and len(prompt) > 1 and num % len(prompt) == 0:
       nrow = num // len(prompt)  # one row per prompt
-  if pipe.kind.classes and labels is None:  # as the training grid: every class
+  if pipe.kind.classes and labels is None and not init_image:  # every class
     k = pipe.num_classes
     if num % k == 0:
       labels, nrow = [i * k // num for i in range(num)], num // k  # row r: class r

@@ -74,30 +74,35 @@ def sample_inpaint_with_jumps(sampler: Sampler, eps_fn: EpsFn, key: jax.Array,
                               x_T: jax.Array, known_x0: jax.Array,
                               known_mask: jax.Array, jumps: int,
                               jump_length: int = 10) -> jax.Array:
-  """Inpainting with RePaint resampling, as one scan over down/up steps;
-  for the samplers of options.REPAINT_SAMPLERS (`sampling_problem` says so
-  before anything is built)."""
+  """Inpainting with RePaint resampling, as one scan over down/up steps, for
+  every sampler. Going up from grid index i-1 to i is q(x_i | x_{i-1}) of the
+  sampler's own schedule (a σ-sampler's is ᾱ_i = 1/(1 + σ_i²), so this adds
+  noise of variance σ_i² − σ_{i-1}² to x/√ᾱ); it also restarts a multistep
+  sampler's history (DPM++ 2M takes a first-order step after each jump)."""
   idx, up = repaint_schedule(sampler.num_steps, jumps, jump_length)
   s = sampler.schedule
 
-  def body(x, op):
+  def body(carry, op):
     p, i, is_up = op
     k = jax.random.fold_in(key, p)
-    z = jax.random.normal(k, x.shape, x.dtype)
 
-    def renoise(x):  # q(x_i | x_{i-1}) of the respaced process
+    def renoise(carry):  # q(x_i | x_{i-1}) of the respaced process
+      x = carry[0]
+      z = jax.random.normal(k, x.shape, x.dtype)
       b = s.betas[i].astype(x.dtype)
-      return jnp.sqrt(1.0 - b) * x + jnp.sqrt(b) * z
+      return sampler.init_carry(jnp.sqrt(1.0 - b) * x + jnp.sqrt(b) * z)
 
-    def denoise(x):
-      (x,) = sampler.step(eps_fn, (x,), i, k)
-      noise = jax.random.normal(jax.random.fold_in(k, 1), x.shape, x.dtype)
-      return replace_known(s, x, known_x0, known_mask, i, noise)
-    return jax.lax.cond(is_up, renoise, denoise, x), None
+    def denoise(carry):
+      carry = sampler.step(eps_fn, carry, i, k)
+      noise = jax.random.normal(jax.random.fold_in(k, 1), known_x0.shape,
+                                known_x0.dtype)
+      x = replace_known(s, carry[0], known_x0, known_mask, i, noise)
+      return (x,) + tuple(carry[1:])
+    return jax.lax.cond(is_up, renoise, denoise, carry), None
 
   ops = (jnp.arange(len(idx)), jnp.asarray(idx), jnp.asarray(up))
-  x, _ = jax.lax.scan(body, x_T, ops)
-  return x
+  carry, _ = jax.lax.scan(body, sampler.init_carry(x_T), ops)
+  return carry[0]
 
 
 def repaint_problem(sampler: str, jumps: int, masked: bool,
@@ -112,9 +117,6 @@ def repaint_problem(sampler: str, jumps: int, masked: bool,
     return 'jumps (RePaint resampling) needs a mask or outpaint margins'
   if capture_every:
     return 'jumps (RePaint resampling) and frame capture cannot be combined'
-  if sampler not in options.REPAINT_SAMPLERS:
-    return (f'jumps (RePaint resampling) works with the samplers '
-            f'{list(options.REPAINT_SAMPLERS)}, not {sampler}')
   return None
 
 

@@ -18,7 +18,8 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / 'ddpm_jax'
 LAYERS = {
     0: {'options', 'checks', 'errors', 'files', 'xla_options', 'schedules', 'diffusion',
         'samplers', 'sampling', 'data', 'image_folder', 'input_pipeline',
-        'images', 'sharding', 'tokenizer', 'captions'},
+        'images', 'sharding', 'tokenizer', 'captions', 'clip_tokenizer',
+        'memory'},
     1: {'config', 'builders', 'models', 'checkpoint', 'latent'},
     2: {'train', 'pipeline', 'metrics', 'diffusers_format'},
     3: {'cli'},

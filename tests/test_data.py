@@ -16,6 +16,25 @@ def test_embedded_mnist():
   assert imgs.max() == 255
 
 
+def test_the_split_without_the_judges_held_out_digits():
+  from ddpm_jax import config as config_lib
+  c = config_lib.base_config()
+  full = data_lib.load_source(c.data)
+  c.data.split = 'train_minus_heldout'
+  config_lib.validate(c)
+  fit = data_lib.load_source(c.data)
+  train, held = data_lib.held_out_split(full.labels)
+  assert len(fit) == 4000 and len(held) == 1000
+  imgs, _ = fit.read(np.arange(4000))
+  held_imgs, _ = full.read(held)
+  # no held-out image is among the training ones
+  seen = {im.tobytes() for im in imgs}
+  assert not any(im.tobytes() in seen for im in held_imgs)
+  c.data.split = 'test'
+  with pytest.raises(config_lib.ConfigError, match='data.split'):
+    config_lib.validate(c)
+
+
 def test_batches_are_a_function_of_the_step_and_cover_each_epoch():
   src = data_lib.ArraySource(np.arange(10, dtype=np.uint8).reshape(10, 1, 1), np.arange(10))
   b = data_lib.Batches(src, 4, seed=3)

@@ -134,8 +134,16 @@ def test_repaint_schedule_and_jumps_keep_known_pixels(tiny_config):
                        mask=mask, jumps=2)
   np.testing.assert_array_equal(jumped[:, :, :4], np.broadcast_to(x, jumped.shape)[:, :, :4])
   assert not np.allclose(jumped, plain)
-  with pytest.raises(UserError, match=r"works with the samplers \['ddpm', 'ddim'\], not dpm\+\+2m"):
-    pipe.sample(num=2, sampler='dpm++2m', num_steps=20, init_image=x, mask=mask, jumps=1)
+  # every sampler resamples: σ-samplers go up their own σ grid, DPM++ 2M
+  # restarts its history after each jump
+  for name in ('euler_a', 'dpm++2m', 'heun'):
+    plain = pipe.sample(num=2, seed=0, sampler=name, num_steps=20,
+                        init_image=x, mask=mask)
+    jumped = pipe.sample(num=2, seed=0, sampler=name, num_steps=20,
+                         init_image=x, mask=mask, jumps=1)
+    np.testing.assert_array_equal(jumped[:, :, :4],
+                                  np.broadcast_to(x, jumped.shape)[:, :, :4])
+    assert np.all(np.isfinite(jumped)) and not np.allclose(jumped, plain), name
 
 
 def test_sampling_in_batches(cond_config):

@@ -30,7 +30,8 @@ from ddpm_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir.', required=True)
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Step (default: latest).')
-_NUM = flags.DEFINE_integer('num', 64, 'Number of images.')
+_NUM = flags.DEFINE_integer('num', None, 'Number of images (default 64; an '
+                            'edit of --init-image: 16).')
 _BATCH = flags.DEFINE_integer('batch', None, 'Images per sampling call '
                               '(default: by model size, at most 256).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed; same seed, same images.')
@@ -69,9 +70,9 @@ _MASK = flags.DEFINE_string('mask', None, 'Inpainting mask (white = regenerate).
 _OUTPAINT = flags.DEFINE_list('outpaint', None, 'Outpainting: margins L,T,R,B '
                               'in pixels added around --init-image; only they '
                               'are generated.')
-_JUMPS = flags.DEFINE_integer('jumps', 0, 'Inpainting: RePaint resamplings per '
-                              '10-step block (samplers: '
-                              f'{", ".join(options.REPAINT_SAMPLERS)}).')
+_JUMPS = flags.DEFINE_integer('jumps', None, 'Inpainting and outpainting: '
+                              'RePaint resamplings per 10-step block (any '
+                              "sampler; default: the config's sampling.edit).")
 
 
 def _labels() -> list[str] | None:

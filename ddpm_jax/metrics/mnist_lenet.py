@@ -49,13 +49,6 @@ class LeNet(nnx.Module):
     return self.fc2(self.features(x_BHWC))
 
 
-def held_out_split(labels: np.ndarray, per_class: int = 100):
-  """Indices (train, held_out): the first `per_class` images of each class."""
-  held = np.concatenate([np.flatnonzero(labels == c)[:per_class]
-                         for c in range(10)])
-  train = np.setdiff1d(np.arange(len(labels)), held)
-  return train, held
-
 
 def train_classifier(images_BHWC: np.ndarray, labels: np.ndarray,
                      steps: int = 600, seed: int = 0) -> LeNet:
@@ -114,7 +107,7 @@ def mnist_classifier(cache_dir: str | None = None, steps: int | None = None
   its old figures stay reproducible). A number of steps trains a new one
   and caches it there."""
   src = data_lib.load_embedded_mnist()
-  train_idx, held_idx = held_out_split(src.labels)
+  train_idx, held_idx = data_lib.held_out_split(src.labels)
   held = np.asarray(data_lib.preprocess(jnp.asarray(src.images[held_idx]), 28,
                                         False, None))
   path = files.join(cache_dir, 'mnist_lenet.npz') if cache_dir else None

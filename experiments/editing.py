@@ -1,0 +1,241 @@
+"""python -m experiments.editing --workdir W --out docs/editing_cpu_mnist.jsonl [--stage sweep|masks|img2img] [--num 200]
+
+How well inpainting, outpainting and img2img work on one trained MNIST
+model, on digits it never saw: the LeNet judge's held-out images (the first
+100 of each class, data.held_out_split), with W trained on the other 4,000
+(`--config.data.split=train_minus_heldout`). The first `--num` held-out
+digits (an equal number per class) are edited; the other held-out digits are
+the real reference for FD.
+
+Stages (each appends one JSON line per run to --out, with CPU, JAX, date):
+- `sweep`: the right-half mask, every sampler × --steps × --jumps (RePaint
+  resamplings per 10-step block), with the true label (at the config's
+  guidance scale) and unconditional (the null label);
+- `masks`: the --runs settings on every mask: right half, bottom half, a
+  centre square (14×14), random strokes (three 4-px segments per image,
+  seeded), and outpainting (the digit's centre 16×16, margins 6 on each side
+  back to 28×28);
+- `img2img`: a strength sweep with the --runs settings.
+Per run: `acc_label` / `acc_uncond`: the judge's accuracy with respect to the
+true label; `fd`: LeNet FD of the edits against the reference digits;
+`seam`: the mean squared difference across the mask boundary (pixel pairs
+that straddle it) over the same on the original digits (1 = as smooth as
+real digits); img2img: `change`, the mean |pixel change| from the input in
+[-1, 1] units; `s_per_image`: seconds per image of the second sampling call
+(steady state; the first, which compiles, is `first_call_s`).
+
+  python -m experiments.editing --table docs/editing_cpu_mnist.jsonl
+
+prints the Markdown tables of docs/results/editing.md.
+"""
+
+import json
+import os
+import time
+
+from absl import flags
+import jax
+import numpy as np
+
+from benchmarks import common
+from ddpm_jax import data as data_lib
+from ddpm_jax.metrics import mnist_lenet
+from ddpm_jax.metrics.fid import feature_stats, frechet_distance
+from ddpm_jax.pipeline import load
+
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/edit/mnist_heldout',
+                               'A workdir trained with data.split=train_minus_heldout.')
+_NUM = flags.DEFINE_integer('num', 200, 'Held-out digits edited per run.')
+_BATCH = flags.DEFINE_integer('batch', 100, 'Images per sampling call.')
+_STAGE = flags.DEFINE_enum('stage', 'sweep', ['sweep', 'masks', 'img2img'],
+                           'What to run.')
+_STEPS = flags.DEFINE_list('steps', ['10', '20', '50'], 'Step counts (sweep).')
+_JUMPS = flags.DEFINE_list('jumps', ['0', '3'], 'RePaint jumps (sweep).')
+_SAMPLERS = flags.DEFINE_list('samplers', None, 'Samplers (sweep; default: all).')
+_RUNS = flags.DEFINE_list('runs', ['dpm++2m:20:0', 'ddpm:50:3'],
+                          'sampler:steps:jumps settings (masks, img2img).')
+_STRENGTHS = flags.DEFINE_list('strengths', ['0.3', '0.5', '0.7', '0.9'],
+                               'img2img strengths.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed of every run.')
+_OUT = flags.DEFINE_string('out', '/tmp/editing.jsonl', 'JSON-lines file to append to.')
+_TABLE = flags.DEFINE_string('table', None, 'Print the tables of this JSON-lines '
+                             'file and exit.')
+
+SIZE = 28
+
+
+def masks(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """[n, 28, 28, 1] masks, 1 = regenerate."""
+  m = {k: np.zeros((n, SIZE, SIZE, 1), np.float32)
+       for k in ('right', 'bottom', 'centre', 'strokes')}
+  m['right'][:, :, SIZE // 2:] = 1
+  m['bottom'][:, SIZE // 2:] = 1
+  m['centre'][:, 7:21, 7:21] = 1
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:SIZE, :SIZE]
+  for i in range(n):
+    for _ in range(3):   # a 4-px wide segment between two random points
+      (y0, x0), (y1, x1) = rng.uniform(4, SIZE - 4, (2, 2))
+      d = np.array([y1 - y0, x1 - x0])
+      t = np.clip(((yy - y0) * d[0] + (xx - x0) * d[1]) / max(d @ d, 1e-6), 0, 1)
+      dist = np.hypot(yy - (y0 + t * d[0]), xx - (x0 + t * d[1]))
+      m['strokes'][i, dist <= 2.0] = 1
+  return m
+
+
+def seam(x: np.ndarray, mask: np.ndarray) -> float:
+  """Mean squared difference of neighbouring pixels on opposite sides of the
+  mask boundary."""
+  tot, cnt = 0.0, 0
+  for axis in (1, 2):
+    a, b = np.moveaxis(x, axis, 0), np.moveaxis(mask, axis, 0)
+    cross = b[1:] != b[:-1]
+    tot += float((np.square(a[1:] - a[:-1]) * cross).sum())
+    cnt += int(cross.sum())
+  return tot / max(cnt, 1)
+
+
+def timed(pipe, num: int, batch: int, **kw) -> tuple[np.ndarray, float, float]:
+  """(images, first call s, s per image of the later calls)."""
+  xs, times = [], []
+  for i in range(0, num, batch):
+    sub = {k: (v[i:i + batch] if isinstance(v, np.ndarray) and len(v) == num
+               else v) for k, v in kw.items()}
+    t0 = time.perf_counter()
+    xs.append(pipe.sample(num=min(batch, num - i), seed=_SEED.value + i,
+                          batch_size=batch, **sub))
+    times.append(time.perf_counter() - t0)
+  later = times[1:] or times
+  return np.concatenate(xs), times[0], float(np.mean(later)) / batch
+
+
+class Judge:
+  def __init__(self, num: int):
+    self.model, held, labels = mnist_lenet.mnist_classifier()
+    per = num // 10
+    pick = np.concatenate([np.flatnonzero(labels == c)[:per] for c in range(10)])
+    rest = np.setdiff1d(np.arange(len(labels)), pick)
+    self.x, self.y = held[pick], labels[pick]
+    feats, _ = mnist_lenet.classify(self.model, held[rest])
+    self.ref = feature_stats(feats)
+
+  def score(self, x: np.ndarray) -> tuple[float, float]:
+    feats, probs = mnist_lenet.classify(self.model, x)
+    return (float((probs.argmax(1) == self.y).mean()),
+            float(frechet_distance(*feature_stats(feats), *self.ref)))
+
+
+def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
+             steps: int, jumps: int, out: str) -> None:
+  x, y = judge.x, judge.y
+  if mask_name == 'outpaint':
+    kw = dict(init_image=x[:, 6:22, 6:22], outpaint=(6, 6, 6, 6))
+    mask = np.ones_like(x)
+    mask[:, 6:22, 6:22] = 0
+  else:
+    kw = dict(init_image=x, mask=mask)
+  row = dict(head, stage=_STAGE.value, mask=mask_name, sampler=sampler,
+             steps=steps, jumps=jumps, num=len(x), workdir=_WORKDIR.value)
+  real_seam = seam(x, mask)
+  for cond in ('label', 'uncond'):
+    labels = y if cond == 'label' else None
+    edits, first, per = timed(pipe, len(x), _BATCH.value, sampler=sampler,
+                              num_steps=steps, jumps=jumps, labels=labels, **kw)
+    acc, fd = judge.score(edits)
+    row.update({f'acc_{cond}': acc, f'fd_{cond}': fd,
+                f'seam_{cond}': seam(edits, mask) / real_seam,
+                f's_per_image_{cond}': per, f'first_call_s_{cond}': first})
+  print(json.dumps(row), flush=True)
+  common.append_jsonl(out, row)
+
+
+def img2img_run(pipe, judge: Judge, head: dict, sampler: str, steps: int,
+                strength: float, out: str) -> None:
+  row = dict(head, stage='img2img', sampler=sampler, steps=steps,
+             strength=strength, num=len(judge.x), workdir=_WORKDIR.value)
+  for cond in ('label', 'uncond'):
+    labels = judge.y if cond == 'label' else None
+    edits, first, per = timed(pipe, len(judge.x), _BATCH.value, sampler=sampler,
+                              num_steps=steps, labels=labels,
+                              init_image=judge.x, strength=strength)
+    acc, fd = judge.score(edits)
+    row.update({f'acc_{cond}': acc, f'fd_{cond}': fd,
+                f'change_{cond}': float(np.abs(edits - judge.x).mean()),
+                f's_per_image_{cond}': per, f'first_call_s_{cond}': first})
+  print(json.dumps(row), flush=True)
+  common.append_jsonl(out, row)
+
+
+def _runs(values):
+  out = []
+  for v in values:
+    parts = v.split(':')
+    if len(parts) != 3:
+      common.fail(f'--runs takes sampler:steps:jumps, got {v}')
+    out.append((parts[0], int(parts[1]), int(parts[2])))
+  return out
+
+
+def print_tables(path: str) -> None:
+  rows = [json.loads(l) for l in open(path)]
+  edit = [r for r in rows if r['stage'] != 'img2img']
+  if edit:
+    print('| mask | sampler | steps | jumps | acc. label / uncond | FD label / uncond '
+          '| seam label / uncond | s/image label / uncond |')
+    print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+    for r in edit:
+      print(f"| {r['mask']} | {r['sampler']} | {r['steps']} | {r['jumps']} | "
+            f"{r['acc_label']:.3f} / {r['acc_uncond']:.3f} | "
+            f"{r['fd_label']:.1f} / {r['fd_uncond']:.1f} | "
+            f"{r['seam_label']:.2f} / {r['seam_uncond']:.2f} | "
+            f"{r['s_per_image_label']:.3f} / {r['s_per_image_uncond']:.3f} |")
+  i2i = [r for r in rows if r['stage'] == 'img2img']
+  if i2i:
+    print('\n| sampler | steps | strength | acc. label / uncond | FD label / uncond '
+          '| mean change label / uncond | s/image label / uncond |')
+    print('| --- | --- | --- | --- | --- | --- | --- |')
+    for r in i2i:
+      print(f"| {r['sampler']} | {r['steps']} | {r['strength']} | "
+            f"{r['acc_label']:.3f} / {r['acc_uncond']:.3f} | "
+            f"{r['fd_label']:.1f} / {r['fd_uncond']:.1f} | "
+            f"{r['change_label']:.3f} / {r['change_uncond']:.3f} | "
+            f"{r['s_per_image_label']:.3f} / {r['s_per_image_uncond']:.3f} |")
+
+
+def main() -> None:
+  if _TABLE.value:
+    if not os.path.isfile(_TABLE.value):
+      common.fail(f'{_TABLE.value} does not exist')
+    print_tables(_TABLE.value)
+    return
+  if _NUM.value % 10 or _NUM.value > 1000 or _NUM.value % _BATCH.value:
+    common.fail('--num must be a multiple of 10 (at most 1000) and of --batch')
+  pipe = load(_WORKDIR.value)
+  if pipe.config.data.get('split') != 'train_minus_heldout':
+    print(f'warning: {_WORKDIR.value} was trained on data.split='
+          f'{pipe.config.data.split}: the edited digits are in its training set')
+  judge = Judge(_NUM.value)
+  head = common.header()
+  if _STAGE.value == 'sweep':
+    m = masks(len(judge.x))['right']
+    from ddpm_jax import options
+    for name in _SAMPLERS.value or options.SAMPLERS:
+      for steps in map(int, _STEPS.value):
+        for jumps in map(int, _JUMPS.value):
+          if jumps and steps <= 10:
+            continue   # one 10-step block: RePaint never jumps
+          edit_run(pipe, judge, head, 'right', m, name, steps, jumps, _OUT.value)
+  elif _STAGE.value == 'masks':
+    all_masks = masks(len(judge.x), _SEED.value)
+    for sampler, steps, jumps in _runs(_RUNS.value):
+      for name in ('right', 'bottom', 'centre', 'strokes', 'outpaint'):
+        edit_run(pipe, judge, head, name, all_masks.get(name), sampler, steps,
+                 jumps, _OUT.value)
+  else:
+    for sampler, steps, _ in _runs(_RUNS.value):
+      for strength in map(float, _STRENGTHS.value):
+        img2img_run(pipe, judge, head, sampler, steps, strength, _OUT.value)
+
+
+if __name__ == '__main__':
+  common.run(main)
