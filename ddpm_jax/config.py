@@ -207,6 +207,8 @@ def model_kind(config) -> ModelKind:
   """The ModelKind of a config; every caller asks this, nothing re-derives it."""
   if config.get('task', 'diffusion') == 'autoencoder':
     return ModelKind('autoencoder', 'pixel', 'none')
+  if config.get('stable_diffusion'):   # an imported Stable Diffusion pipeline
+    return ModelKind('diffusion', 'latent', 'text')
   space = 'latent' if config.get('latent', {}).get('autoencoder_workdir') else 'pixel'
   m = config.model
   condition = ('text' if m.get('text_conditional', False) else

@@ -253,6 +253,15 @@ class Pipeline:
     return max((2 if guided else 1) * memory.network_bytes(unet, h, w),
                memory.network_bytes(decoder, h * f, w * f))
 
+  def _call_bytes(self, shape, guided: bool, frames: int = 0) -> tuple[int, int]:
+    """(bytes of the parameters, estimated peak bytes per image) of a
+    sampling call at the scan `shape`, the sampler's carry and frames
+    included."""
+    fixed = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(self.params)
+                ) if self.params is not None else 0
+    return fixed, self._image_bytes(shape, guided) + 4 * int(
+        np.prod(shape)) * (frames + 4)
+
   def _fitting_batch(self, shape, batch: int, given: bool, guided: bool,
                      frames: int) -> int:
     """`batch`, or (not `given`) the largest batch up to it whose estimated
@@ -262,10 +271,7 @@ class Pipeline:
     if avail is None:
       return batch
     devices = self.mesh.size
-    fixed = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(self.params)
-                ) if self.params is not None else 0
-    per_image = self._image_bytes(shape, guided) + 4 * int(
-        np.prod(shape)) * (frames + 4)
+    fixed, per_image = self._call_bytes(shape, guided, frames)
     per_device = lambda b: -(-b // devices) if b % devices == 0 else b
     fits = lambda b: fixed + per_device(b) * per_image <= avail
     if fits(batch):
@@ -314,6 +320,7 @@ class Pipeline:
               paste_known: bool = True, jumps: int | None = None,
               capture_every: int = 0,
               batch_size: int | None = None, noise=None,
+              height: int | None = None, width: int | None = None,
               **sampler_options) -> SampleRequest:
     """Checks a sampling request against the model without touching its
     parameters; every check of `sample`'s arguments lives here."""
@@ -384,7 +391,18 @@ class Pipeline:
     m = None if mask is None else self._mask(mask, num)
     if outpaint is not None:
       x_init, m = self._outpaint(x_init, outpaint)
-    shape = self._scan_shape(self.image_shape if x_init is None
+    height = checks.integer('height', height, low=1, optional=True)
+    width = checks.integer('width', width, low=1, optional=True)
+    if (height or width) and x_init is not None:
+      raise UserError('height and width are for generation; an init image '
+                      'sets the size of an edit')
+    h, w, c = self.image_shape
+    f = self._factor()
+    for side, v in (('height', height), ('width', width)):
+      if v is not None and v % f:
+        raise UserError(f'{side} must be a multiple of {f} for this model, '
+                        f'got {v}')
+    shape = self._scan_shape((height or h, width or w, c) if x_init is None
                              else x_init.shape[1:])
     batch = self._fitting_batch(
         shape, min(num, batch_size or self._default_batch(shape)),
@@ -571,7 +589,7 @@ def read_config(workdir: str, step: int | None = None):
 
 
 def open_pipeline(workdir: str, step: int | None = None,
-                  mesh: Mesh | None = None) -> Pipeline:
+                  mesh: Mesh | None = None, vae: str | None = None) -> Pipeline:
   """A Pipeline with the checkpoint's config and no parameters yet: every
   request can be checked before the (slow) restore."""
   workdir = checks.path('workdir', workdir)
@@ -584,6 +602,13 @@ def open_pipeline(workdir: str, step: int | None = None,
         workdir) else f'workdir {workdir} is not a directory')
   given = step is not None
   step, config = read_config(workdir, step)
+  if config.get('stable_diffusion'):
+    from ddpm_jax import stable_diffusion   # it builds on this module
+    return stable_diffusion.open_sd_pipeline(
+        workdir, config, step, mesh or sharding.make_mesh(), given, vae)
+  if vae is not None:
+    raise UserError('vae= swaps the VAE of a Stable Diffusion workdir; '
+                    f'{workdir} holds another kind of model')
   kind = config_lib.model_kind(config)
   if kind.autoencoder:
     raise UserError(f'{workdir} holds an autoencoder, which does not sample: '
@@ -599,11 +624,14 @@ def open_pipeline(workdir: str, step: int | None = None,
 
 
 def load(workdir: str, step: int | None = None, use_ema: bool = True,
-         mesh: Mesh | None = None) -> Pipeline:
+         mesh: Mesh | None = None, vae: str | None = None) -> Pipeline:
   """Restores the checkpoint at `step` (default: latest) of a workdir: its
-  config and its EMA (or, with use_ema=False, raw) parameters only."""
+  config and its EMA (or, with use_ema=False, raw) parameters only. A
+  Stable Diffusion workdir takes `vae=`: a diffusers AutoencoderKL folder
+  (or a pipeline folder's vae/) used instead of its own."""
   use_ema = checks.boolean('use_ema', use_ema)
-  pipe = open_pipeline(workdir, step, mesh)
+  vae = checks.path('vae', vae) if vae is not None else None
+  pipe = open_pipeline(workdir, step, mesh, vae)
   pipe.restore(workdir, use_ema)
   return pipe
 
@@ -615,7 +643,7 @@ def write_samples(workdir: str, out: str, *, num: int | None = None,
                   labels: Sequence[int] | None = None,
                   init_image: str | None = None, mask: str | None = None,
                   progress: bool = True, overwrite: bool = False,
-                  **sample_kwargs) -> list[str]:
+                  vae: str | None = None, **sample_kwargs) -> list[str]:
   """Samples `num` images (default 64; an edit of `init_image`: EDIT_NUM)
   into the PNG grid `out` (a class-conditional model: `labels` default to
   every class in turn, as in the training grid, but an edit is unconditional
@@ -642,7 +670,7 @@ def write_samples(workdir: str, out: str, *, num: int | None = None,
     _check_writable(p)
     if files.exists(p) and not overwrite:
       raise UserError(f'{p} exists; pass overwrite=True to replace it')
-  pipe = open_pipeline(workdir, checkpoint)
+  pipe = open_pipeline(workdir, checkpoint, vae=vae)
   if labels is not None and not isinstance(labels, (list, tuple, np.ndarray)):
     labels = [labels]
   nrow = None

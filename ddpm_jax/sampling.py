@@ -163,8 +163,9 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
                    shape: tuple[int, ...], mesh: Mesh | None = None,
                    capture_every: int = 0, *, null_label: int = 0,
                    strength: float | None = None, jumps: int = 0,
-                   codec: Codec | None = None, paste_known: bool = True
-                   ) -> Callable:
+                   codec: Codec | None = None, paste_known: bool = True,
+                   condition: Callable | None = None,
+                   unet_takes_mask: bool = False) -> Callable:
   """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None,
   y_null=None, noise=None) -> (x0, frames).
 
@@ -182,6 +183,12 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
   encoded, the mask is taken to the latent grid (`latent_mask`), the scan
   runs on latents and its result (and frames) are decoded in the same jitted
   function; `paste_known` then puts the known pixels back after decoding.
+
+  `condition(params, y)` (Stable Diffusion's text encoder) turns y and y_null
+  into what `apply` takes, once per call rather than per step. With
+  `unet_takes_mask` (an inpainting UNet, 9 input channels) a mask is not
+  imposed on the latents: the UNet reads it, with the masked image's
+  latents, as extra input channels, as diffusers' inpainting pipeline does.
   """
   batch_spec = None
   if mesh is not None and shape[0] % mesh.size == 0:
@@ -197,14 +204,25 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
         raise ValueError('guidance on prompts needs y_null: the tokens of the '
                          'empty or negative prompt')
       y_null = jnp.full_like(y, null_label)
+    if condition is not None:
+      y = condition(params, y)
+      y_null = None if y_null is None else condition(params, y_null)
     if codec is None:
-      return sample(params, key, y, scale, x_init, mask, y_null, noise)
+      return sample(params, key, y, scale, x_init, mask, y_null, noise, apply)
     pixels, pixel_mask = x_init, mask
+    unet = apply
+    if unet_takes_mask:
+      extra = _mask_channels(params, codec, x_init, mask, shape)
+      unet = lambda p, x, t, c: apply(p, jnp.concatenate(
+          [x, jnp.tile(extra, (x.shape[0] // extra.shape[0], 1, 1, 1))], -1),
+          t, c)
+      if mask is not None:
+        x_init = mask = None   # the UNet inpaints; nothing is imposed
     if x_init is not None:
       x_init = codec.encode(params, x_init)
     if mask is not None:
       mask = latent_mask(mask, codec.factor, shape[-1])
-    z, frames = sample(params, key, y, scale, x_init, mask, y_null, noise)
+    z, frames = sample(params, key, y, scale, x_init, mask, y_null, noise, unet)
     x = codec.decode(params, z)
     if frames is not None:
       frames = jax.lax.map(lambda f: codec.decode(params, f), frames)
@@ -212,7 +230,7 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
       x = pixel_mask * x + (1.0 - pixel_mask) * pixels
     return x, frames
 
-  def sample(params, key, y, scale, x_init, mask, y_null, noise):
+  def sample(params, key, y, scale, x_init, mask, y_null, noise, apply):
     init_key, loop_key = jax.random.split(key)
     if noise is None:
       noise = jax.random.normal(init_key, shape, jnp.float32)
@@ -244,6 +262,20 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
       x = mask * x + (1.0 - mask) * x_init
     return x, frames
   return jax.jit(fn, compiler_options=compiler_options())
+
+
+def _mask_channels(params, codec: Codec, x_BHWC, mask_BHWC, shape) -> jax.Array:
+  """An inpainting UNet's extra input: the mask on the latent grid (nearest,
+  as torch's interpolate) and the latents of the image with the regenerated
+  part blacked out (diffusers: image * (mask < 0.5)); zeros without a mask."""
+  B, h, w, c = shape
+  f = codec.factor
+  if mask_BHWC is None:   # generation or img2img: all of it is regenerated
+    mask_BHWC = jnp.ones((B, h * f, w * f, 1), jnp.float32)
+    x_BHWC = jnp.zeros((B, h * f, w * f, 3), jnp.float32)
+  m = mask_BHWC[:, ::f, ::f, :1]
+  masked = x_BHWC * (mask_BHWC[..., :1] < 0.5)
+  return jnp.concatenate([m, codec.encode(params, masked)], -1)
 
 
 def outpaint_canvas(x: np.ndarray, margins, factor: int, why: str

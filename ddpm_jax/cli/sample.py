@@ -70,6 +70,12 @@ _MASK = flags.DEFINE_string('mask', None, 'Inpainting mask (white = regenerate).
 _OUTPAINT = flags.DEFINE_list('outpaint', None, 'Outpainting: margins L,T,R,B '
                               'in pixels added around --init-image; only they '
                               'are generated.')
+_HEIGHT = flags.DEFINE_integer('height', None, 'Image height of a generation '
+                               '(default: the model\'s; a multiple of its factor).')
+_WIDTH = flags.DEFINE_integer('width', None, 'Image width of a generation.')
+_VAE = flags.DEFINE_string('vae', None, 'Stable Diffusion: a diffusers '
+                           'AutoencoderKL folder to decode with instead of '
+                           "the workdir's own VAE.")
 _JUMPS = flags.DEFINE_integer('jumps', None, 'Inpainting and outpainting: '
                               'RePaint resamplings per 10-step block (any '
                               "sampler; default: the config's sampling.edit).")
@@ -127,6 +133,7 @@ def main() -> None:
       sampler=_SAMPLER.value, num_steps=_STEPS.value,
       guidance_scale=_GUIDANCE.value, strength=_STRENGTH.value,
       outpaint=_margins(), jumps=_JUMPS.value, batch_size=_BATCH.value,
+      height=_HEIGHT.value, width=_WIDTH.value, vae=_VAE.value,
       overwrite=_OVERWRITE.value, **options)
   print('wrote ' + ', '.join(paths))
 
@@ -137,7 +144,8 @@ SPELLINGS = {'num': '--num', 'seed': '--seed',
              'num_steps': '--steps', 'batch_size': '--batch',
              'guidance_scale': '--guidance-scale', 'jumps': '--jumps',
              'negative_prompt': '--negative-prompt', 'strength': '--strength',
-             'outpaint': '--outpaint', 'eta': '--eta'}
+             'outpaint': '--outpaint', 'eta': '--eta', 'height': '--height',
+             'width': '--width', 'vae': '--vae'}
 
 
 def run() -> None:

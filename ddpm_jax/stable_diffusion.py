@@ -1,0 +1,362 @@
+"""Stable Diffusion 1.x/2.x: a diffusers pipeline folder as a workdir, and
+the Pipeline that samples it under jax.jit.
+
+    python -m ddpm_jax.cli.import_diffusers ./stable-diffusion-v1-5 --workdir W
+    pipe = load(W)                                   # or load(W, vae=DIR)
+    pipe.sample(num=4, prompt='a photo of a cat', negative_prompt='blurry',
+                sampler='dpm++2m', spacing='karras', num_steps=25)
+
+A folder is `model_index.json` with `unet/`, `vae/`, `text_encoder/`,
+`tokenizer/` and `scheduler/` (weights as .safetensors). The import checks
+every config (anything SD 1.x/2.x does not use is one line naming it; an
+SDXL folder says it is not supported yet), maps the weights, and writes W:
+one checkpoint (step 0) holding {'unet', 'vae', 'text'} and the configs,
+plus a copy of the tokenizer files. Sampling runs the CLIP text model once
+per prompt batch, the scan over latents with classifier-free guidance, and
+the VAE decode in one jitted function; the samplers follow diffusers'
+schedulers step for step under the folder's scheduler config
+(diffusers_schedulers.py). Every editing mode of the Pipeline works: img2img,
+inpainting (latent masking with a 4-channel UNet; a 9-channel inpainting
+UNet takes the mask and the masked image as input), outpainting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ddpm_jax import builders
+from ddpm_jax import checks
+from ddpm_jax import clip_tokenizer
+from ddpm_jax import config as config_lib
+from ddpm_jax import diffusers_schedulers
+from ddpm_jax import files
+from ddpm_jax import memory
+from ddpm_jax import options
+from ddpm_jax import sampling
+from ddpm_jax.checkpoint import Checkpointer
+from ddpm_jax.errors import UserError, describe
+from ddpm_jax.models import clip as clip_lib
+from ddpm_jax.models import sd_unet, sd_vae
+from ddpm_jax.pipeline import Pipeline
+
+PIPELINES = ('StableDiffusionPipeline', 'StableDiffusionImg2ImgPipeline',
+             'StableDiffusionInpaintPipeline')
+PARTS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
+_PREDICTIONS = {'epsilon': 'eps', 'v_prediction': 'v'}
+# The samplers that follow a diffusers scheduler (diffusers_schedulers.py).
+SD_SAMPLERS = ('ddim', 'euler', 'euler_a', 'dpm++2m')
+
+
+def is_sd_folder(src: str) -> bool:
+  """Whether `src` is a Stable Diffusion (or SDXL) pipeline folder."""
+  path = os.path.join(src, 'model_index.json')
+  if not os.path.isfile(path):
+    return False
+  return str(_read_json(path).get('_class_name', '')).startswith('StableDiffusion')
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path, encoding='utf-8') as f:
+      d = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f'{path} does not exist') from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f'cannot read {path}: {describe(e)}') from e
+  if not isinstance(d, dict):
+    raise UserError(f'{path} is not a JSON object')
+  return d
+
+
+def _weights(folder: str, name: str) -> dict[str, np.ndarray]:
+  path = os.path.join(folder, name)
+  if not os.path.isfile(path):
+    raise UserError(f'{folder} has no {name} (only .safetensors weights are '
+                    'read; convert a .bin with diffusers save_pretrained('
+                    'safe_serialization=True))')
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+  try:
+    tensors = load_file(path)
+  except (SafetensorError, OSError, ValueError, TypeError) as e:
+    raise UserError(f'cannot read {path}: {describe(e)}') from e
+  return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
+def read_folder(src: str) -> dict[str, Any]:
+  """The checked configs of a pipeline folder: {'pipeline', 'unet', 'vae',
+  'text_encoder', 'scheduler'}."""
+  if not os.path.isdir(src):
+    raise UserError(f'{src} is not a folder' if os.path.exists(src)
+                    else f'{src} does not exist')
+  index = _read_json(os.path.join(src, 'model_index.json'))
+  name = str(index.get('_class_name', ''))
+  if 'XL' in name or 'text_encoder_2' in index:
+    raise UserError(f'{src} is an SDXL pipeline ({name}): SDXL (two text '
+                    'encoders, pooled text and size embeddings) is not '
+                    'supported yet; SD 1.x and 2.x are')
+  if name not in PIPELINES:
+    raise UserError(f'{src} holds a {name or "pipeline without _class_name"}; '
+                    f'the importer takes {", ".join(PIPELINES)}')
+  for part in PARTS:
+    if not os.path.isdir(os.path.join(src, part)):
+      raise UserError(f'{src} has no {part}/ folder (a Stable Diffusion '
+                      f'pipeline has {", ".join(p + "/" for p in PARTS)})')
+  out = {'pipeline': name,
+         'unet': _read_json(os.path.join(src, 'unet', 'config.json')),
+         'vae': _read_json(os.path.join(src, 'vae', 'config.json')),
+         'text_encoder': _read_json(os.path.join(src, 'text_encoder', 'config.json')),
+         'scheduler': _read_json(os.path.join(src, 'scheduler',
+                                              'scheduler_config.json'))}
+  sd_unet.check_config(out['unet'])
+  sd_vae.check_config(out['vae'])
+  pred = out['scheduler'].get('prediction_type', 'epsilon')
+  if pred not in _PREDICTIONS:
+    raise UserError(f"scheduler prediction_type {pred!r} is not supported "
+                    f"(only {', '.join(_PREDICTIONS)})")
+  ctx = out['unet'].get('cross_attention_dim', 1280)
+  width = out['text_encoder'].get('hidden_size')
+  if ctx != width:
+    raise UserError(f"the UNet's cross_attention_dim {ctx} does not match the "
+                    f"text encoder's hidden_size {width}")
+  if out['vae'].get('latent_channels', 4) != out['unet'].get('out_channels', 4):
+    raise UserError("the VAE's latent_channels and the UNet's out_channels "
+                    'differ')
+  return out
+
+
+def _abstract(cfgs: dict, dtype: str = 'float32') -> dict[str, Any]:
+  """The three networks with shapes only."""
+  text = nnx.eval_shape(lambda: clip_lib.ClipTextModel.from_config(
+      cfgs['text_encoder'], dtype=jnp.dtype(dtype)))
+  return {'unet': sd_unet.abstract_unet(cfgs['unet'], dtype),
+          'vae': sd_vae.abstract_vae(cfgs['vae'], dtype), 'text': text}
+
+
+def read_vae(folder: str, dtype: str = 'float32') -> tuple[dict, Any]:
+  """(config, parameters) of a diffusers AutoencoderKL folder (--vae)."""
+  if os.path.isdir(os.path.join(folder, 'vae')):
+    folder = os.path.join(folder, 'vae')   # a whole pipeline: take its VAE
+  cfg = _read_json(os.path.join(folder, 'config.json'))
+  sd_vae.check_config(cfg)
+  model = sd_vae.abstract_vae(cfg, dtype)
+  return cfg, sd_vae.params_from_diffusers(
+      _weights(folder, 'diffusion_pytorch_model.safetensors'), model)
+
+
+def sd_config(cfgs: dict) -> ml_collections.ConfigDict:
+  """Our config of an imported pipeline: the diffusers configs kept verbatim
+  (as JSON) under `stable_diffusion`, and the fields the Pipeline reads."""
+  u, s = cfgs['unet'], cfgs['scheduler']
+  c = config_lib.base_config()
+  c.stable_diffusion = ml_collections.ConfigDict({
+      'pipeline': cfgs['pipeline'], 'dtype': 'float32',
+      **{k: json.dumps(cfgs[k], sort_keys=True)
+         for k in ('unet', 'vae', 'text_encoder', 'scheduler')}})
+  f = 2 ** (len(cfgs['vae'].get('block_out_channels', (64,))) - 1)
+  c.data.name = 'stable_diffusion'
+  c.data.image_size = int(u.get('sample_size', 64)) * f
+  c.data.channels = 3
+  c.data.num_classes = 0
+  c.model.text_conditional = True
+  c.model.class_conditional = False
+  c.diffusion.num_timesteps = int(s.get('num_train_timesteps', 1000))
+  c.diffusion.prediction = _PREDICTIONS[s.get('prediction_type', 'epsilon')]
+  c.sampling.sampler = 'dpm++2m'
+  c.sampling.spacing = 'karras'
+  c.sampling.num_steps = 25
+  c.sampling.guidance_scale = 7.5
+  c.sampling.clip_x0 = bool(s.get('clip_sample', False))
+  return c
+
+
+def configs_of(config) -> dict[str, Any]:
+  sd = config.stable_diffusion
+  return {'pipeline': sd.pipeline, **{k: json.loads(sd[k]) for k in (
+      'unet', 'vae', 'text_encoder', 'scheduler')}}
+
+
+def import_pipeline(src: str, workdir: str) -> tuple[int, Any]:
+  """Writes a diffusers SD 1.x/2.x folder as a workdir (checkpoint 0)."""
+  if files.exists(files.join(workdir, 'checkpoints')):
+    raise UserError(f'{workdir} already holds checkpoints; import into a new '
+                    'workdir')
+  cfgs = read_folder(src)
+  tok_dir = os.path.join(src, 'tokenizer')
+  clip_tokenizer.ClipTokenizer.from_folder(tok_dir)   # readable, or one line
+  models = _abstract(cfgs)
+  params = {
+      'unet': sd_unet.params_from_diffusers(_weights(
+          os.path.join(src, 'unet'), 'diffusion_pytorch_model.safetensors'),
+          models['unet']),
+      'vae': sd_vae.params_from_diffusers(_weights(
+          os.path.join(src, 'vae'), 'diffusion_pytorch_model.safetensors'),
+          models['vae']),
+      'text': clip_lib.params_from_transformers(_weights(
+          os.path.join(src, 'text_encoder'), 'model.safetensors'),
+          models['text'])}
+  config = sd_config(cfgs)
+  files.makedirs(files.join(workdir, 'tokenizer'))
+  for name in sorted(os.listdir(tok_dir)):
+    if os.path.isfile(os.path.join(tok_dir, name)):
+      data = files.read_bytes(os.path.join(tok_dir, name))
+      files.atomic_write(files.join(workdir, 'tokenizer', name),
+                         lambda f, d=data: f.write(d))
+  with Checkpointer(workdir) as ckpt:
+    ckpt.save(0, {'params': jax.tree.map(jnp.asarray, params)},
+              {'config': json.loads(config.to_json()),
+               'imported_from': os.path.abspath(src)})
+    ckpt.wait()
+  return 0, config
+
+
+def _levels(cfgs: dict) -> tuple[list, list]:
+  """memory.Level lists of the UNet (latent canvas) and the VAE decoder
+  (pixel canvas)."""
+  u = cfgs['unet']
+  chans = list(u.get('block_out_channels', (320, 640, 1280, 1280)))
+  heads = u.get('num_attention_heads') or u.get('attention_head_dim', 8)
+  heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(chans)
+  if not u.get('num_attention_heads') and isinstance(
+      u.get('attention_head_dim'), (list, tuple)):
+    heads = [c // h for c, h in zip(chans, heads)]   # SD 2.x: head widths
+  types = list(u.get('down_block_types', ()))
+  unet = [memory.Level(2 ** i, c, u.get('layers_per_block', 2) + 1,
+                       heads[i] if 'CrossAttn' in types[i] else 0,
+                       77 if 'CrossAttn' in types[i] else 0)
+          for i, c in enumerate(chans)]
+  v = cfgs['vae'].get('block_out_channels', (128, 256, 512, 512))
+  decoder = [memory.Level(2 ** i, c, 0, int(i == len(v) - 1))
+             for i, c in enumerate(v)]
+  return unet, decoder
+
+
+@dataclasses.dataclass
+class SDPipeline(Pipeline):
+  """A Stable Diffusion workdir ready to sample (see the module docstring)."""
+  tokenizer: Any = None
+  cfgs: dict = dataclasses.field(default_factory=dict)
+  vae_override: tuple | None = None   # (config, params) of --vae
+  encode_text: Any = None   # (params, ids [B, L]) -> context [B, L, D]
+
+  @property
+  def _inpaint_unet(self) -> bool:
+    return self.cfgs['unet'].get('in_channels', 4) == 9
+
+  @property
+  def _vae_cfg(self) -> dict:
+    return self.vae_override[0] if self.vae_override else self.cfgs['vae']
+
+  def _default_batch(self, shape) -> int:
+    return 1 if shape[0] * shape[1] >= 256 * 256 else 4
+
+  def sampler(self, name: str | None = None, num_steps: int | None = None,
+              **sampler_options):
+    s = self.config.sampling
+    name = checks.choice('sampler', s.sampler if name is None else name,
+                         SD_SAMPLERS)
+    T = self.config.diffusion.num_timesteps
+    num_steps = s.num_steps if num_steps is None else num_steps
+    if not 1 <= num_steps <= T:
+      raise UserError(f'num_steps must be in [1, {T}], got {num_steps}')
+    spacing = sampler_options.pop('spacing', s.spacing)
+    if sampler_options:
+      raise UserError(f'a Stable Diffusion sampler takes only spacing; got '
+                      f'{sorted(sampler_options)}')
+    if spacing not in ('karras', 'uniform', 'leading', 'trailing'):
+      raise UserError(f"spacing must be 'karras' or the scheduler's own "
+                      f'(uniform), got {spacing!r}')
+    karras = spacing == 'karras'
+    if karras and name not in ('euler', 'dpm++2m', 'euler_a'):
+      raise UserError(f'spacing karras works with euler and dpm++2m, not {name}')
+    return diffusers_schedulers.diffusers_sampler(
+        name, self.cfgs['scheduler'], num_steps,
+        prediction=self.config.diffusion.prediction, karras=karras)
+
+  def _tokens(self, prompts, what: str) -> np.ndarray:
+    for p in prompts:
+      if not isinstance(p, str):
+        raise UserError(f'{what} must be a string, got {type(p).__name__}')
+    ids, cut = self.tokenizer.encode(list(prompts))
+    if cut:
+      print(f'warning: {cut} prompt(s) are longer than '
+            f'{self.tokenizer.max_length} tokens and were cut',
+            file=sys.stderr)
+    return ids
+
+  def _factor(self) -> int:
+    """The VAE's factor: diffusers' UNet takes latents of any size."""
+    return self.codec.factor
+
+  def _scan_shape(self, image_shape) -> tuple[int, int, int]:
+    h, w, _ = image_shape
+    f = self.codec.factor
+    return (h // f, w // f, self.cfgs['unet'].get('out_channels', 4))
+
+  def _network_levels(self) -> tuple[list, list]:
+    return _levels(dict(self.cfgs, vae=self._vae_cfg))
+
+  def _sample_fn(self, fn_args: tuple, batch: int):
+    key = fn_args + (('batch', batch),)
+    if key not in self._cache:
+      a = dict(fn_args)
+      smp = self.sampler(a['sampler'], a['num_steps'], **dict(a['options']))
+      self._cache[key] = sampling.make_sample_fn(
+          self.apply, smp, (batch,) + tuple(a['shape']), self.mesh,
+          a['capture_every'], strength=a['strength'], jumps=a['jumps'],
+          codec=self.codec, paste_known=a['paste_known'],
+          condition=self.encode_text,
+          unet_takes_mask=self._inpaint_unet)
+    return self._cache[key]
+
+  def restore(self, workdir: str, use_ema: bool = True) -> None:
+    del use_ema   # an imported pipeline has one set of weights
+    models = _abstract(self.cfgs)
+    target = {k: nnx.to_pure_dict(nnx.state(m, nnx.Param))
+              for k, m in models.items()}
+    with Checkpointer(workdir, read_only=True) as ckpt:
+      params = ckpt.restore_params(self.step, 'params', target, self.mesh)
+    if self.vae_override:
+      params = dict(params, vae=jax.tree.map(jnp.asarray, self.vae_override[1]))
+    self.params = params
+
+
+def open_sd_pipeline(workdir: str, config, step: int, mesh, given: bool,
+                     vae: str | None = None) -> SDPipeline:
+  cfgs = configs_of(config)
+  dtype = config.stable_diffusion.get('dtype', 'float32')
+  vae_override = read_vae(vae, dtype) if vae else None
+  vae_cfg = vae_override[0] if vae_override else cfgs['vae']
+  models = _abstract(dict(cfgs, vae=vae_cfg), dtype)
+  unet_apply = sd_unet.make_unet_apply(nnx.split(models['unet'], nnx.Param)[0])
+  text_graph = nnx.split(models['text'], nnx.Param)[0]
+  vae_fns = sd_vae.make_vae_fns(nnx.split(models['vae'], nnx.Param)[0])
+  scale = float(vae_cfg.get('scaling_factor', 0.18215))
+  shift = vae_cfg.get('shift_factor') or 0.0
+
+  def apply(params, x_BHWC, t_B, ctx_BLD):
+    return unet_apply(params['unet'], x_BHWC, t_B, ctx_BLD)
+
+  def encode(params, x_BHWC):
+    mean, _ = vae_fns.encode(params['vae'], x_BHWC)
+    return (mean - shift) * scale
+
+  def decode(params, z):
+    return jnp.clip(vae_fns.decode(params['vae'], z / scale + shift), -1.0, 1.0)
+
+  f = 2 ** (len(vae_cfg.get('block_out_channels', (64,))) - 1)
+  tok = clip_tokenizer.ClipTokenizer.from_folder(files.join(workdir, 'tokenizer'))
+  return SDPipeline(
+      config, apply, None, mesh, step, sampling.Codec(encode, decode, f),
+      step_given=given, tokenizer=tok, cfgs=cfgs, vae_override=vae_override,
+      encode_text=lambda params, ids: nnx.merge(text_graph, params['text'])(ids))
