@@ -7,8 +7,12 @@ EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler (DPM-Solver++
 that config: the same grid of timesteps handed to the model (floats where
 diffusers keeps floats, rounded where it rounds), the same σ's, the same
 conversion of the model's raw output (ε, v or x0) to x0 with the scheduler's
-own σ, and the same update in float32, with the coefficients diffusers
-computes in float32 (its torch tables are emulated bit for bit).
+own σ, and the same update in float32 with the coefficients diffusers
+computes in float32. torch's betas (torch.linspace) and ᾱ (cumprod, which
+accumulates in double) are emulated bit for bit; the σ table can differ by
+1 ulp (torch's vectorised float32 sqrt is not always correctly rounded), and
+the σ-schedulers' state goes through the VP form between steps (x_ve is
+x_vp·√(1 + σ²) again at the next step: about 1 ulp per step).
 
 The contract with `samplers.Sampler`:
 
@@ -40,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -272,7 +276,7 @@ def _ddim(cfg, n, prediction) -> DiffusersSampler:
       eps = sa[i] * out + sb[i] * x
     if clip:
       x0 = jnp.clip(x0, -clip_range, clip_range)
-    return (sa_prev[i] * x0 + dir_coef[i] * eps,)
+    return ((sa_prev[i] * x0 + dir_coef[i] * eps).astype(x.dtype),)
 
   return DiffusersSampler(
       'ddim', inc(ts).astype(F32), _ab_schedule(inc(a_t)), lambda x: (x,), step,
@@ -383,7 +387,7 @@ def _euler(cfg, n, prediction, karras, ancestral, step_noise, name):
       else:
         z = jax.random.normal(key, x.shape, x.dtype)
       prev = prev + z * up_j[i]
-    return (prev / cn_j[i],)
+    return ((prev / cn_j[i]).astype(x_vp.dtype),)
 
   return DiffusersSampler(
       name, t_model.astype(F32), _sigma_schedule(s), lambda x: (x,), step,
@@ -424,7 +428,7 @@ def _heun(cfg, n, prediction, karras):
       d2 = (x_e - x0_2) / sn_j[i]
       return x + (d + d2) / 2 * dt_j[i]
     prev = jax.lax.cond(sn_j[i] > 0, correct, lambda: x_e)
-    return (prev / cn_j[i],)
+    return ((prev / cn_j[i]).astype(x_vp.dtype),)
 
   # diffusers interleaves: timesteps [t0, t1, t1, ..., t_{n-1}, t_{n-1}]
   return DiffusersSampler(
@@ -534,7 +538,7 @@ def _dpmpp_2m(cfg, n, prediction, karras) -> DiffusersSampler:
     d1 = ir_j[i] * (m - m_prev)
     two = A_j[i] * x - B_j[i] * m - C_j[i] * d1
     x_next = jnp.where(second_j[i] & have_prev, two, first)
-    return (x_next, m, jnp.asarray(True))
+    return (x_next.astype(x.dtype), m.astype(x.dtype), jnp.asarray(True))
 
   init = lambda x: (x, jnp.zeros_like(x), jnp.asarray(False))
   return DiffusersSampler(

@@ -194,8 +194,9 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
   if mesh is not None and shape[0] % mesh.size == 0:
     batch_spec = NamedSharding(mesh, P('data'))
   start = None
-  if strength is not None:
-    start = strength_to_start(strength, sampler.num_steps)
+  if strength is not None:   # a diffusers scheduler brings diffusers' rule
+    start = getattr(sampler, 'img2img_start', strength_to_start)(
+        strength, sampler.num_steps)
 
   def fn(params, key, y=None, scale=None, x_init=None, mask=None, y_null=None,
          noise=None):
@@ -237,8 +238,8 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
     if batch_spec is not None:
       noise = jax.lax.with_sharding_constraint(noise, batch_spec)
     eps_fn = guided_eps_fn(apply, params, y, scale, y_null)
-    if start is None:
-      x_T = noise
+    if start is None:   # diffusers' Euler starts at σ_max, not √(σ_max² + 1)
+      x_T = noise * getattr(sampler, 'init_noise_scale', 1.0)
     elif start < 0:
       x_T = x_init                       # strength 0: nothing to do
     elif start == sampler.num_steps - 1 and strength >= 1.0:

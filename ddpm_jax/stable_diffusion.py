@@ -54,7 +54,8 @@ PIPELINES = ('StableDiffusionPipeline', 'StableDiffusionImg2ImgPipeline',
 PARTS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
 _PREDICTIONS = {'epsilon': 'eps', 'v_prediction': 'v'}
 # The samplers that follow a diffusers scheduler (diffusers_schedulers.py).
-SD_SAMPLERS = ('ddim', 'euler', 'euler_a', 'dpm++2m')
+SD_SAMPLERS = ('ddim', 'euler', 'euler_a', 'dpm++2m', 'heun')
+_KARRAS = ('euler', 'dpm++2m', 'heun')   # those that take Karras σ's
 
 
 def is_sd_folder(src: str) -> bool:
@@ -269,19 +270,21 @@ class SDPipeline(Pipeline):
     num_steps = s.num_steps if num_steps is None else num_steps
     if not 1 <= num_steps <= T:
       raise UserError(f'num_steps must be in [1, {T}], got {num_steps}')
-    spacing = sampler_options.pop('spacing', s.spacing)
+    spacing = sampler_options.pop('spacing', None)
+    if spacing is None:   # the config's karras where the sampler takes it
+      spacing = s.spacing if name in _KARRAS else 'uniform'
+    else:
+      spacing = checks.choice('spacing', spacing, options.SPACINGS)
     if sampler_options:
       raise UserError(f'a Stable Diffusion sampler takes only spacing; got '
                       f'{sorted(sampler_options)}')
-    if spacing not in ('karras', 'uniform', 'leading', 'trailing'):
-      raise UserError(f"spacing must be 'karras' or the scheduler's own "
-                      f'(uniform), got {spacing!r}')
     karras = spacing == 'karras'
-    if karras and name not in ('euler', 'dpm++2m', 'euler_a'):
-      raise UserError(f'spacing karras works with euler and dpm++2m, not {name}')
+    if karras and name not in _KARRAS:
+      raise UserError(f'spacing karras works with {", ".join(_KARRAS)}, not {name}')
     return diffusers_schedulers.diffusers_sampler(
         name, self.cfgs['scheduler'], num_steps,
-        prediction=self.config.diffusion.prediction, karras=karras)
+        prediction=self.cfgs['scheduler'].get('prediction_type', 'epsilon'),
+        karras=karras)
 
   def _tokens(self, prompts, what: str) -> np.ndarray:
     for p in prompts:
