@@ -146,9 +146,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Inpainting and outpainting, for what a request leaves unset ('' and 0:
   # the plain sampler and step count above); chosen from the editing
   # benchmark (docs/results/editing.md).
-  c.sampling.edit_sampler = ''
-  c.sampling.edit_num_steps = 0
-  c.sampling.edit_jumps = 0
+  c.sampling.edit_sampler = 'euler_a'
+  c.sampling.edit_num_steps = 20
+  c.sampling.edit_jumps = 3
   return c
 
 

@@ -60,6 +60,22 @@ SPACINGS = ('leading', 'trailing', 'linspace')
 # does not name one, e.g. SD 1.x's PNDM scheduler_config.json).
 DEFAULT_SPACING = {'ddim': 'leading', 'euler': 'linspace', 'euler_a': 'linspace',
                    'dpm++2m': 'linspace', 'heun': 'linspace'}
+# ... and default beta range (HeunDiscreteScheduler's is SD's).
+DEFAULT_BETAS = {'heun': (0.00085, 0.012)}
+# Switches each class reads that we do not implement (a class ignores the
+# keys of other classes, as diffusers' from_config does).
+UNSUPPORTED = {
+    'ddim': ('thresholding', 'rescale_betas_zero_snr'),
+    'euler': ('rescale_betas_zero_snr', 'use_exponential_sigmas',
+              'use_beta_sigmas'),
+    'euler_a': ('rescale_betas_zero_snr',),
+    'dpm++2m': ('thresholding', 'rescale_betas_zero_snr', 'use_exponential_sigmas',
+                'use_beta_sigmas', 'use_lu_lambdas', 'use_flow_sigmas',
+                'use_dynamic_shifting'),
+    'heun': ('use_exponential_sigmas', 'use_beta_sigmas'),
+}
+# The classes with use_karras_sigmas.
+KARRAS = ('euler', 'dpm++2m', 'heun')
 
 F32 = np.float32
 
@@ -71,6 +87,11 @@ class DiffusersSampler(samplers.Sampler):
   init_noise_scale: float = 1.0   # text-to-image: x_T = noise * this (VP form)
   sigmas: np.ndarray | None = None  # scheduler.sigmas, float32, decreasing (+ final)
   model_timesteps: np.ndarray | None = None  # scheduler.timesteps (diffusers' order)
+
+  @staticmethod
+  def img2img_start(strength: float, num_steps: int) -> int:
+    """diffusers' img2img start (sampling.make_sample_fn looks it up)."""
+    return img2img_start(strength, num_steps)
 
 
 # --- torch's float32 tables, emulated -----------------------------------
@@ -94,8 +115,9 @@ def _alpha_bar_cosine(num: int, max_beta: float = 0.999) -> np.ndarray:
                    for i in range(num)], F32)
 
 
-def train_betas(cfg: Mapping[str, Any]) -> np.ndarray:
-  """The scheduler's float32 betas [T], as diffusers' torch code makes them."""
+def train_betas(cfg: Mapping[str, Any], name: str = 'ddim') -> np.ndarray:
+  """The float32 betas [T] scheduler class `name` makes of the config, as
+  diffusers' torch code makes them."""
   T = int(cfg.get('num_train_timesteps', 1000))
   if cfg.get('trained_betas') is not None:
     b = np.asarray(cfg['trained_betas'], F32)
@@ -104,7 +126,8 @@ def train_betas(cfg: Mapping[str, Any]) -> np.ndarray:
                        f'num_train_timesteps is {T}')
     return b
   kind = cfg.get('beta_schedule', 'linear')
-  start, end = cfg.get('beta_start', 1e-4), cfg.get('beta_end', 0.02)
+  start0, end0 = DEFAULT_BETAS.get(name, (1e-4, 0.02))
+  start, end = cfg.get('beta_start', start0), cfg.get('beta_end', end0)
   if kind == 'linear':
     return _torch_linspace_f32(start, end, T)
   if kind == 'scaled_linear':
@@ -115,9 +138,9 @@ def train_betas(cfg: Mapping[str, Any]) -> np.ndarray:
                    f'scaled_linear, squaredcos_cap_v2, or trained_betas)')
 
 
-def train_alphas_cumprod(cfg: Mapping[str, Any]) -> np.ndarray:
+def train_alphas_cumprod(cfg: Mapping[str, Any], name: str = 'ddim') -> np.ndarray:
   """float32 ᾱ [T]: torch.cumprod accumulates float32 in double."""
-  alphas = (F32(1.0) - train_betas(cfg)).astype(np.float64)
+  alphas = (F32(1.0) - train_betas(cfg, name)).astype(np.float64)
   return np.cumprod(alphas).astype(F32)
 
 
@@ -210,7 +233,7 @@ def _check(cfg: Mapping[str, Any], name: str, prediction: str, num_steps: int):
   T = int(cfg.get('num_train_timesteps', 1000))
   if not 1 <= num_steps <= T:
     raise ValueError(f'num_steps must be in [1, {T}], got {num_steps}')
-  _refuse_flags(cfg, ('rescale_betas_zero_snr', 'thresholding'), name)
+  _refuse_flags(cfg, UNSUPPORTED[name], name)
 
 
 def _sigma_schedule(sigmas_inc: np.ndarray) -> Schedule:
@@ -240,7 +263,7 @@ def _j(a) -> jax.Array:
 
 def _ddim(cfg, n, prediction) -> DiffusersSampler:
   T = int(cfg.get('num_train_timesteps', 1000))
-  ac = train_alphas_cumprod(cfg)
+  ac = train_alphas_cumprod(cfg, 'ddim')
   final = F32(1.0) if cfg.get('set_alpha_to_one', True) else ac[0]
   spacing = _spacing('ddim', cfg)
   ts = _int_timesteps(spacing, T, n, int(cfg.get('steps_offset', 0)))
@@ -254,7 +277,7 @@ def _ddim(cfg, n, prediction) -> DiffusersSampler:
   b_t = (F32(1) - a_t).astype(F32)
   sa, sb = np.sqrt(a_t), np.sqrt(b_t)
   sa_prev = np.sqrt(a_prev)
-  dir_coef = np.sqrt((F32(1) - a_prev - F32(0.0) ** 2).astype(F32))
+  dir_coef = np.sqrt((F32(1) - a_prev).astype(F32))   # η = 0
   clip = bool(cfg.get('clip_sample', True))
   clip_range = float(cfg.get('clip_sample_range', 1.0))
   # increasing grid order: index i is diffusers' step n-1-i
@@ -291,21 +314,22 @@ def _euler_grid(name, cfg, n, karras, final_type='zero'
   """(timesteps float32 [n], sigmas float32 [n+1], init_noise_sigma) of
   Euler/EulerAncestral/Heun before Heun's interleaving, decreasing."""
   T = int(cfg.get('num_train_timesteps', 1000))
-  ac = train_alphas_cumprod(cfg)
+  ac = train_alphas_cumprod(cfg, name)
   table = _train_sigmas(ac)
   spacing = _spacing(name, cfg)
   ts = _float_timesteps(spacing, T, n, int(cfg.get('steps_offset', 0)))
-  if cfg.get('interpolation_type', 'linear') != 'linear':
+  if name == 'euler' and cfg.get('interpolation_type', 'linear') != 'linear':
     raise ValueError(f'interpolation_type {cfg["interpolation_type"]!r} is '
                      f'not supported (linear)')
-  if cfg.get('timestep_type', 'discrete') != 'discrete':
+  if name == 'euler' and cfg.get('timestep_type', 'discrete') != 'discrete':
     raise ValueError(f'timestep_type {cfg["timestep_type"]!r} is not '
                      f'supported (discrete)')
   sig = np.interp(ts, np.arange(0, len(table)), table)
   if karras:
-    lo = cfg.get('sigma_min')
-    hi = cfg.get('sigma_max')
-    # Euler's Karras ends are the SPACED grid's ends, not the table's.
+    # a config's sigma_min/sigma_max (read by every class through
+    # from_config), else Euler's and Heun's Karras ends are the SPACED
+    # grid's ends
+    lo, hi = cfg.get('sigma_min'), cfg.get('sigma_max')
     lo = sig[-1].item() if lo is None else lo
     hi = sig[0].item() if hi is None else hi
     sig = karras_sigmas(lo, hi, n)
@@ -456,7 +480,7 @@ def _dpmpp_2m(cfg, n, prediction, karras) -> DiffusersSampler:
     raise ValueError(f'solver_type {solver!r} is not supported')
   if cfg.get('variance_type') is not None:
     raise ValueError(f'variance_type {cfg["variance_type"]!r} is not supported')
-  ac = train_alphas_cumprod(cfg)
+  ac = train_alphas_cumprod(cfg, 'dpm++2m')
   lam = (np.log(np.sqrt(ac)) - np.log(np.sqrt(F32(1) - ac))).astype(F32)
   clipped = int(np.searchsorted(lam[::-1], cfg.get('lambda_min_clipped',
                                                    -float('inf'))))
@@ -466,9 +490,9 @@ def _dpmpp_2m(cfg, n, prediction, karras) -> DiffusersSampler:
   spacing = _spacing('dpm++2m', cfg)
   ts = _dpm_timesteps(spacing, T, n, int(cfg.get('steps_offset', 0)), last)
   if karras:
+    # a config's sigma_min/sigma_max, else the whole table's ends
     lo, hi = cfg.get('sigma_min'), cfg.get('sigma_max')
     flipped = table[::-1]
-    # DPM's Karras ends are the whole table's.
     lo = flipped[-1].item() if lo is None else lo
     hi = flipped[0].item() if hi is None else hi
     sig = karras_sigmas(lo, hi, n)
@@ -563,8 +587,8 @@ def diffusers_sampler(name: str, scheduler: Mapping[str, Any], num_steps: int,
   final) or 'heun' (HeunDiscreteScheduler).
   prediction: what the model's raw output is: 'epsilon', 'v_prediction' or
   'sample' (the config's prediction_type is not read: the caller decides).
-  karras: use_karras_sigmas (euler, dpm++2m, heun); also taken from the
-  config's use_karras_sigmas.
+  karras: use_karras_sigmas (euler, dpm++2m, heun; an error for the others);
+  those three also take it from the config's use_karras_sigmas.
   step_noise [n, *x.shape] (euler_a only): the k-th step taken (k = n-1-i)
   adds step_noise[k] instead of noise drawn from the step's key.
   """
@@ -573,10 +597,8 @@ def diffusers_sampler(name: str, scheduler: Mapping[str, Any], num_steps: int,
   if name not in NAMES:
     raise ValueError(f'unknown diffusers scheduler {name!r}; choose one of {NAMES}')
   _check(cfg, name, prediction, num_steps)
-  karras = bool(karras or cfg.get('use_karras_sigmas'))
-  _refuse_flags(cfg, ('use_exponential_sigmas', 'use_beta_sigmas',
-                      'use_lu_lambdas', 'use_flow_sigmas',
-                      'use_dynamic_shifting'), name)
+  if name in KARRAS:
+    karras = bool(karras or cfg.get('use_karras_sigmas'))
   if step_noise is not None and name != 'euler_a':
     raise ValueError('step_noise is for euler_a only')
   if name == 'ddim':

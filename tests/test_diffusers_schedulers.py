@@ -136,6 +136,8 @@ def test_euler_karras_init_noise_sigma_with_leading_spacing():
 def test_img2img_start_is_diffusers_rule(strength, n):
   init_timestep = min(int(n * strength), n)   # diffusers' get_timesteps
   assert img2img_start(strength, n) == init_timestep - 1
+  smp = diffusers_sampler('ddim', _config('sd1'), n, prediction='epsilon')
+  assert smp.img2img_start(strength, n) == init_timestep - 1
 
 
 def test_unsupported_settings_are_value_errors():
@@ -237,17 +239,19 @@ def test_the_latent_loop_is_diffusers(pipes, case, s):
   assert err < 1e-4
 
 
-def test_the_jitted_sample_fn_is_diffusers_dpmpp_karras(pipes):
-  """sd2 (v-prediction) DPM++ 2M Karras through make_sample_fn: guidance,
-  the scan and `noise=` as diffusers' latents (init_noise_scale is 1)."""
+@pytest.mark.parametrize('s', ['dpmpp_karras', 'euler'])
+def test_the_jitted_sample_fn_is_diffusers(pipes, s):
+  """sd2 (v-prediction, trailing) through make_sample_fn: guidance, the scan
+  and `noise=` as diffusers' latents, which Euler scales by σ_max/√(σ_max² + 1)
+  (init_noise_sigma σ_max in VP form)."""
   _, params, apply, ctx = pipes['sd2']
   ref = _ref('sd2')
-  smp = _sampler('sd2', 'dpmpp_karras')
+  smp = _sampler('sd2', s)
   fn = sampling.make_sample_fn(apply, smp, (1, 16, 16, 4))
   x, _ = fn(params, jax.random.key(0), y=ctx[1:], scale=jnp.float32(7.5),
             y_null=ctx[:1], noise=jnp.asarray(_nhwc(ref['pipe_latents'])))
-  err = _rel(x, _nhwc(ref['dpmpp_karras_latent']))
-  print(f'sd2 dpmpp_karras via make_sample_fn: {err:.2e}')
+  err = _rel(x, _nhwc(ref[f'{s}_latent']))
+  print(f'sd2 {s} via make_sample_fn: {err:.2e}')
   assert err < 1e-4
 
 
@@ -275,7 +279,7 @@ def test_img2img_is_diffusers(pipes, case):
   smp = _sampler(case, 'ddim')
   strength = float(ref['img2img_strength'])
   start = img2img_start(strength, smp.num_steps)
-  assert sampling.strength_to_start(strength, smp.num_steps) == start == 2
+  assert start == 2   # and make_sample_fn takes the sampler's rule
   np.testing.assert_array_equal(smp.model_timesteps[smp.num_steps - 1 - start:],
                                 ref['img2img_timesteps'])
   fn = sampling.make_sample_fn(lambda p, x, t, c: apply(p['unet'], x, t, c),

@@ -306,3 +306,24 @@ def test_distinct_seeds_give_distinct_images(tiny_config):
   for i in range(len(images)):
     for j in range(i):
       assert not np.array_equal(images[i], images[j]), (i, j)
+
+
+def test_edits_take_the_editing_defaults_and_the_null_label(cond_config):
+  """Inpainting and outpainting take sampling.edit_* for what they are not
+  given (docs/results/editing.md chose them); without labels an edit is
+  unconditional, not a cycle of classes."""
+  pipe = _pipeline(cond_config)
+  s = cond_config.sampling
+  x = np.zeros((8, 8, 1), np.float32)
+  mask = np.zeros((8, 8, 1), np.float32)
+  mask[:, 4:] = 1
+  req = pipe.request(4, 0, init_image=x, mask=mask)
+  a = dict(req.fn_args)
+  assert (a['sampler'], a['num_steps'], a['jumps']) == (
+      s.edit_sampler, s.edit_num_steps, s.edit_jumps) == ('euler_a', 20, 3)
+  assert (req.y == pipe.num_classes).all() and req.scale is None
+  a = dict(pipe.request(4, 0, init_image=x, mask=mask, sampler='ddim',
+                        jumps=0).fn_args)
+  assert (a['sampler'], a['num_steps'], a['jumps']) == ('ddim', 20, 0)
+  a = dict(pipe.request(4, 0, init_image=x, strength=0.5).fn_args)  # img2img: plain
+  assert (a['sampler'], a['jumps']) == (s.sampler, 0)
