@@ -271,8 +271,8 @@ class SDPipeline(Pipeline):
     if not 1 <= num_steps <= T:
       raise UserError(f'num_steps must be in [1, {T}], got {num_steps}')
     spacing = sampler_options.pop('spacing', None)
-    if spacing is None:   # the config's karras where the sampler takes it
-      spacing = s.spacing if name in _KARRAS else 'uniform'
+    if spacing is None:   # the config's spacing goes with the config's sampler
+      spacing = s.spacing if name == s.sampler else 'uniform'
     else:
       spacing = checks.choice('spacing', spacing, options.SPACINGS)
     if sampler_options:
