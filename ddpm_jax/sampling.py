@@ -15,7 +15,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ddpm_jax import diffusion
-from ddpm_jax import options
 from ddpm_jax.diffusion import EpsFn
 from ddpm_jax.errors import UserError
 from ddpm_jax.samplers import Sampler

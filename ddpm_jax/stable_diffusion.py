@@ -34,7 +34,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ddpm_jax import builders
 from ddpm_jax import checks
 from ddpm_jax import clip_tokenizer
 from ddpm_jax import config as config_lib

@@ -34,11 +34,9 @@ import os
 import time
 
 from absl import flags
-import jax
 import numpy as np
 
 from benchmarks import common
-from ddpm_jax import data as data_lib
 from ddpm_jax.metrics import mnist_lenet
 from ddpm_jax.metrics.fid import feature_stats, frechet_distance
 from ddpm_jax.pipeline import load

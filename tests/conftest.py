@@ -55,8 +55,8 @@ def zero_one_classifier(images_N88: "np.ndarray", labels_N: "np.ndarray"):
   return lambda s: (s.reshape(len(s), -1) @ w + b > 0).astype(int)
 
 
-_LONGEST_FIRST = ('test_soak', 'test_readme', 'test_object_store', 'test_train_loop',
-                  'test_text')
+_LONGEST_FIRST = ('test_soak', 'test_readme', 'test_stable_diffusion',
+                  'test_object_store', 'test_train_loop', 'test_text')
 
 
 def pytest_collection_modifyitems(config, items):

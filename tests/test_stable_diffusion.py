@@ -76,16 +76,16 @@ def test_every_mode_runs(workdirs, capsys):
   img = np.random.default_rng(0).uniform(-1, 1, (32, 32, 3)).astype(np.float32)
   mask = np.zeros((32, 32, 1), np.float32)
   mask[:, 16:] = 1
-  kw = dict(num=2, prompt='a red square', num_steps=3, sampler='euler')
+  kw = dict(num=1, prompt='a red square', num_steps=2, sampler='euler')
   x = pipe.sample(height=48, width=40, **kw)
-  assert x.shape == (2, 48, 40, 3)
+  assert x.shape == (1, 48, 40, 3)
   x = pipe.sample(init_image=img, strength=0.6, **kw)
-  assert x.shape == (2, 32, 32, 3)
+  assert x.shape == (1, 32, 32, 3)
   x = pipe.sample(init_image=img, mask=mask, **kw)
   np.testing.assert_array_equal(x[:, :, :16], np.broadcast_to(img, x.shape)[:, :, :16])
   x = pipe.sample(init_image=img[8:24, 8:24], outpaint=(8, 8, 8, 8), **kw)
-  assert x.shape == (2, 32, 32, 3)
-  x = pipe.sample(init_image=img, mask=mask, jumps=1, num=2, prompt='a',
+  assert x.shape == (1, 32, 32, 3)
+  x = pipe.sample(init_image=img, mask=mask, jumps=1, num=1, prompt='a',
                   sampler='euler_a', num_steps=12)
   assert np.all(np.isfinite(x))
   long = ' '.join(['word'] * 100)
