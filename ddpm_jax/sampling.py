@@ -242,7 +242,7 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
     elif start < 0:
       x_T = x_init                       # strength 0: nothing to do
     elif start == sampler.num_steps - 1 and strength >= 1.0:
-      x_T = noise                        # strength 1: plain generation
+      x_T = noise * getattr(sampler, 'init_noise_scale', 1.0)   # plain generation
     else:
       t_B = jnp.full(shape[:1], start)
       x_T = diffusion.q_sample(sampler.schedule, x_init, t_B, noise)
