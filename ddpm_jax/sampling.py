@@ -246,7 +246,7 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
     else:
       t_B = jnp.full(shape[:1], start)
       x_T = diffusion.q_sample(sampler.schedule, x_init, t_B, noise)
-    if jumps:
+    if jumps and mask is not None:   # (an inpainting UNet takes no jumps)
       x = sample_inpaint_with_jumps(sampler, eps_fn, loop_key, x_T, x_init,
                                     mask, jumps)
       return x, None

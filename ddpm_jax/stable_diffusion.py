@@ -186,8 +186,16 @@ def configs_of(config) -> dict[str, Any]:
       'unet', 'vae', 'text_encoder', 'scheduler')}}
 
 
-def import_pipeline(src: str, workdir: str) -> tuple[int, Any]:
-  """Writes a diffusers SD 1.x/2.x folder as a workdir (checkpoint 0)."""
+def _cast(tree: Any, dtype: str) -> Any:
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.dtype(dtype)), tree)
+
+
+def import_pipeline(src: str, workdir: str, dtype: str = 'float32'
+                    ) -> tuple[int, Any]:
+  """Writes a diffusers SD 1.x/2.x folder as a workdir (checkpoint 0); with
+  dtype='bfloat16' (or 'float16') the weights are stored and run in that
+  type (half the memory; norms and softmax stay float32)."""
+  dtype = checks.choice('dtype', dtype, options.DTYPES)
   if files.exists(files.join(workdir, 'checkpoints')):
     raise UserError(f'{workdir} already holds checkpoints; import into a new '
                     'workdir')
@@ -206,6 +214,7 @@ def import_pipeline(src: str, workdir: str) -> tuple[int, Any]:
           os.path.join(src, 'text_encoder'), 'model.safetensors'),
           models['text'])}
   config = sd_config(cfgs)
+  config.stable_diffusion.dtype = dtype
   files.makedirs(files.join(workdir, 'tokenizer'))
   for name in sorted(os.listdir(tok_dir)):
     if os.path.isfile(os.path.join(tok_dir, name)):
@@ -213,7 +222,7 @@ def import_pipeline(src: str, workdir: str) -> tuple[int, Any]:
       files.atomic_write(files.join(workdir, 'tokenizer', name),
                          lambda f, d=data: f.write(d))
   with Checkpointer(workdir) as ckpt:
-    ckpt.save(0, {'params': jax.tree.map(jnp.asarray, params)},
+    ckpt.save(0, {'params': _cast(params, dtype)},
               {'config': json.loads(config.to_json()),
                'imported_from': os.path.abspath(src)})
     ckpt.wait()
@@ -323,13 +332,15 @@ class SDPipeline(Pipeline):
 
   def restore(self, workdir: str, use_ema: bool = True) -> None:
     del use_ema   # an imported pipeline has one set of weights
+    dtype = jnp.dtype(self.config.stable_diffusion.get('dtype', 'float32'))
     models = _abstract(self.cfgs)
-    target = {k: nnx.to_pure_dict(nnx.state(m, nnx.Param))
-              for k, m in models.items()}
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
+        {k: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for k, m in models.items()})
     with Checkpointer(workdir, read_only=True) as ckpt:
       params = ckpt.restore_params(self.step, 'params', target, self.mesh)
     if self.vae_override:
-      params = dict(params, vae=jax.tree.map(jnp.asarray, self.vae_override[1]))
+      params = dict(params, vae=_cast(self.vae_override[1], dtype))
     self.params = params
 
 

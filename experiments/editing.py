@@ -26,7 +26,10 @@ real digits); img2img: `change`, the mean |pixel change| from the input in
 
   python -m experiments.editing --table docs/editing_cpu_mnist.jsonl
 
-prints the Markdown tables of docs/results/editing.md.
+prints the Markdown tables of docs/results/editing.md. A latent model
+(configs/mnist_latent.py: 32x32, digits centred) gets the digits and masks
+padded to its canvas and its edits cropped back to 28x28 for the judge; it
+pastes the known pixels after decoding (paste_known).
 """
 
 import json
@@ -123,15 +126,22 @@ class Judge:
             float(frechet_distance(*feature_stats(feats), *self.ref)))
 
 
+def _pad(a: np.ndarray, p: int, value: float) -> np.ndarray:
+  """28x28 digits (or masks) centred on the model's canvas (a latent model's
+  32x32, as data.resize='pad' trained it)."""
+  return np.pad(a, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=value) if p else a
+
+
 def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
              steps: int, jumps: int, out: str) -> None:
   x, y = judge.x, judge.y
+  p = (pipe.image_shape[0] - SIZE) // 2
   if mask_name == 'outpaint':
-    kw = dict(init_image=x[:, 6:22, 6:22], outpaint=(6, 6, 6, 6))
+    kw = dict(init_image=x[:, 6:22, 6:22], outpaint=(6 + p,) * 4)
     mask = np.ones_like(x)
     mask[:, 6:22, 6:22] = 0
   else:
-    kw = dict(init_image=x, mask=mask)
+    kw = dict(init_image=_pad(x, p, -1.0), mask=_pad(mask, p, 0.0))
   row = dict(head, stage=_STAGE.value, mask=mask_name, sampler=sampler,
              steps=steps, jumps=jumps, num=len(x), workdir=_WORKDIR.value)
   real_seam = seam(x, mask)
@@ -139,6 +149,7 @@ def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
     labels = y if cond == 'label' else None
     edits, first, per = timed(pipe, len(x), _BATCH.value, sampler=sampler,
                               num_steps=steps, jumps=jumps, labels=labels, **kw)
+    edits = edits[:, p:p + SIZE, p:p + SIZE]
     acc, fd = judge.score(edits)
     row.update({f'acc_{cond}': acc, f'fd_{cond}': fd,
                 f'seam_{cond}': seam(edits, mask) / real_seam,
@@ -151,11 +162,13 @@ def img2img_run(pipe, judge: Judge, head: dict, sampler: str, steps: int,
                 strength: float, out: str) -> None:
   row = dict(head, stage='img2img', sampler=sampler, steps=steps,
              strength=strength, num=len(judge.x), workdir=_WORKDIR.value)
+  p = (pipe.image_shape[0] - SIZE) // 2
   for cond in ('label', 'uncond'):
     labels = judge.y if cond == 'label' else None
     edits, first, per = timed(pipe, len(judge.x), _BATCH.value, sampler=sampler,
                               num_steps=steps, labels=labels,
-                              init_image=judge.x, strength=strength)
+                              init_image=_pad(judge.x, p, -1.0), strength=strength)
+    edits = edits[:, p:p + SIZE, p:p + SIZE]
     acc, fd = judge.score(edits)
     row.update({f'acc_{cond}': acc, f'fd_{cond}': fd,
                 f'change_{cond}': float(np.abs(edits - judge.x).mean()),

@@ -19,13 +19,14 @@ LAYERS = {
     0: {'options', 'checks', 'errors', 'files', 'xla_options', 'schedules', 'diffusion',
         'samplers', 'sampling', 'data', 'image_folder', 'input_pipeline',
         'images', 'sharding', 'tokenizer', 'captions', 'clip_tokenizer',
-        'memory'},
+        'memory', 'diffusers_schedulers'},
     1: {'config', 'builders', 'models', 'checkpoint', 'latent'},
-    2: {'train', 'pipeline', 'metrics', 'diffusers_format'},
+    2: {'train', 'pipeline', 'metrics', 'diffusers_format', 'stable_diffusion'},
     3: {'cli'},
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
-PURE = {'models', 'schedules', 'diffusion', 'samplers', 'sampling'}  # no state, no I/O
+PURE = {'models', 'schedules', 'diffusion', 'samplers', 'sampling',
+        'diffusers_schedulers'}  # no state, no I/O
 
 
 def _modules():

@@ -165,3 +165,15 @@ def test_the_commands(workdirs, tmp_path):
           '--height=33', '--out=t.png')
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
       'error: --height must be a multiple of 2 for this model, got 33')
+
+
+def test_bfloat16_weights_and_activations(workdirs, tmp_path):
+  wd = str(tmp_path / 'bf16')
+  sd.import_pipeline(os.path.join(FIXTURES, 'sd1'), wd, dtype='bfloat16')
+  half, full = load(wd), load(workdirs['sd1'])
+  assert {a.dtype.name for a in __import__('jax').tree.leaves(half.params)} == {'bfloat16'}
+  r = _ref('sd1')
+  kw = dict(num=1, prompt=str(r['pipe_prompt']), sampler='ddim', num_steps=5,
+            noise=_nhwc(r['pipe_latents']), guidance_scale=7.5)
+  a, b = half.sample(**kw), full.sample(**kw)
+  assert np.all(np.isfinite(a)) and np.abs(a - b).mean() < 0.05, np.abs(a - b).mean()

@@ -16,11 +16,15 @@ fine-tuning (its model section is replaced by the imported one).
 
 from absl import flags
 
+from ddpm_jax import options
 from ddpm_jax.cli import common
 from ddpm_jax.errors import UserError
 
 _SRC = flags.DEFINE_string('src', None, 'The diffusers folder.', required=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The new workdir.', required=True)
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', options.DTYPES,
+                           'Stable Diffusion: store and run the weights in '
+                           'this type (bfloat16: half the memory).')
 _CONFIG = flags.DEFINE_string('config', None, 'Data and training settings for '
                               'fine-tuning: a config file or a shipped name.')
 
@@ -33,7 +37,8 @@ def main() -> None:
     if _CONFIG.value:
       raise UserError('--config is for fine-tuning a UNet2DModel; a Stable '
                       'Diffusion pipeline is imported as it is')
-    step, config = stable_diffusion.import_pipeline(_SRC.value, _WORKDIR.value)
+    step, config = stable_diffusion.import_pipeline(_SRC.value, _WORKDIR.value,
+                                                    _DTYPE.value)
     sd = stable_diffusion.configs_of(config)
     print(f'imported {_SRC.value} ({sd["pipeline"]}) into {_WORKDIR.value} '
           f'(checkpoint {step}): {config.data.image_size}x'
