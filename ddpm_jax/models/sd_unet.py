@@ -213,13 +213,15 @@ class Attention(nnx.Module):
   def __call__(self, x_BQC, ctx_BKD):
     B, Q, C = x_BQC.shape
     n = self.heads
-    q = self.to_q(x_BQC).reshape(B, Q, n, C // n)
-    k = self.to_k(ctx_BKD).reshape(B, -1, n, C // n)
-    v = self.to_v(ctx_BKD).reshape(B, -1, n, C // n)
-    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k,
+    # heads leading: XLA's CPU dot is several times faster on [B, h, L, c]
+    # than on the [B, L, h, c] layout (measured on SD's tiny test UNet)
+    split = lambda a: a.reshape(B, -1, n, C // n).transpose(0, 2, 1, 3)
+    q, k, v = split(self.to_q(x_BQC)), split(self.to_k(ctx_BKD)), split(self.to_v(ctx_BKD))
+    logits = jnp.einsum('bhqc,bhkc->bhqk', q, k,
                         preferred_element_type=jnp.float32)
     w = jax.nn.softmax(logits * (C // n) ** -0.5, axis=-1).astype(v.dtype)
-    return self.to_out(jnp.einsum('bhqk,bkhc->bqhc', w, v).reshape(B, Q, C))
+    out = jnp.einsum('bhqk,bhkc->bhqc', w, v).transpose(0, 2, 1, 3)
+    return self.to_out(out.reshape(B, Q, C))
 
 
 class GEGLUFeedForward(nnx.Module):
