@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ddpm_jax.errors import UserError
+from ddpm_jax.models.torch_weights import Keys, map_tensors
 from ddpm_jax.models.layers import AttnBlock, GroupNorm, ResBlock, default_init
 
 # LDM's (and diffusers') clamp of the log-variance.
@@ -232,19 +233,6 @@ class AutoencoderKL(nnx.Module):
     return self.decoder(z).astype(jnp.float32)
 
 
-class Keys:
-  """Stands in for nnx.Rngs when building (`rngs=Keys(seed)`): `params()`
-  gives a fresh key without updating an nnx counter variable, which under
-  nnx.eval_shape makes JAX search the whole trace so far each time."""
-
-  def __init__(self, seed: int = 0):
-    self.seed, self.count = seed, 0
-
-  def params(self) -> jax.Array:
-    self.count += 1
-    return jax.random.fold_in(jax.random.key(self.seed), self.count)
-
-
 def abstract_vae(cfg: dict, dtype: Any = 'float32') -> AutoencoderKL:
   """The autoencoder with parameter shapes only (nothing allocated)."""
   return nnx.eval_shape(lambda: AutoencoderKL(cfg, dtype=dtype, rngs=Keys(0)))
@@ -306,27 +294,6 @@ def _sources(module: str) -> list[str]:
   return ['.'.join(head + [x]) for x in names]
 
 
-def _count(keys: list) -> str:
-  return f'{len(keys)} tensor{"s" if len(keys) != 1 else ""}'
-
-
-def _torch_shape(ours: tuple[int, ...], n: int) -> tuple[int, ...]:
-  if len(ours) == 4:   # [kh, kw, I, O] <- [O, I, kh, kw]
-    return (ours[3] // n, ours[2], ours[0], ours[1])
-  if len(ours) == 2:   # [I, O] <- [O, I]
-    return (ours[1] // n, ours[0])
-  return (ours[0] // n,) + tuple(ours[1:])
-
-
-def _convert(w: np.ndarray, rank: int) -> np.ndarray:
-  w = np.asarray(w, np.float32)
-  if rank == 4:
-    return np.transpose(w, (2, 3, 1, 0))
-  if rank == 2:   # a Linear's [O, I], or a 1×1 conv's [O, I, 1, 1]
-    return (w[:, :, 0, 0] if w.ndim == 4 else w).T
-  return w
-
-
 def params_from_diffusers(tensors: dict[str, np.ndarray],
                           model: AutoencoderKL) -> dict:
   """Our parameters (a pure dict, the structure of
@@ -339,33 +306,4 @@ def params_from_diffusers(tensors: dict[str, np.ndarray],
     if len(parts) >= 2 and parts[-2] in _OLD_ATTENTION_NAMES:
       k = '.'.join(parts[:-2] + [_OLD_ATTENTION_NAMES[parts[-2]], parts[-1]])
     renamed[k] = v
-  tensors = renamed
-  abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  leaves = jax.tree_util.tree_flatten_with_path(abstract)[0]
-  plan = []
-  for p, leaf in leaves:
-    module, kind = '/'.join(str(getattr(k, 'key', k)) for k in p).rsplit('/', 1)
-    suffix = 'bias' if kind == 'bias' else 'weight'
-    plan.append(([f'{s}.{suffix}' for s in _sources(module)], tuple(leaf.shape)))
-  wanted = [k for names, _ in plan for k in names]
-  missing = [k for k in wanted if k not in tensors]
-  if missing:
-    raise UserError(f'the weights lack {_count(missing)} the config needs '
-                    f'(e.g. {missing[0]}); is config.json the right one?')
-  extra = sorted(set(tensors) - set(wanted))
-  if extra:
-    raise UserError(f'the weights have {_count(extra)} this config does '
-                    f'not use (e.g. {extra[0]}); is config.json the right one?')
-  values = []
-  for names, shape in plan:
-    need = _torch_shape(shape, len(names))
-    parts = []
-    for k in names:
-      got = tuple(tensors[k].shape)
-      if got != need and not (len(need) == 2 and got == need + (1, 1)):
-        raise UserError(f'tensor {k} has shape {list(got)}, the model needs '
-                        f'{list(need)}')
-      parts.append(_convert(tensors[k], len(shape)))
-    values.append(parts[0] if len(parts) == 1 else np.concatenate(parts, -1))
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract),
-                                      values)
+  return map_tensors(renamed, model, _sources)
