@@ -145,6 +145,9 @@ def _abstract(cfgs: dict, dtype: str = 'float32') -> dict[str, Any]:
 
 def read_vae(folder: str, dtype: str = 'float32') -> tuple[dict, Any]:
   """(config, parameters) of a diffusers AutoencoderKL folder (--vae)."""
+  if not os.path.isdir(folder):
+    raise UserError(f'vae {folder} is not a folder' if os.path.exists(folder)
+                    else f'vae {folder} does not exist')
   if os.path.isdir(os.path.join(folder, 'vae')):
     folder = os.path.join(folder, 'vae')   # a whole pipeline: take its VAE
   cfg = _read_json(os.path.join(folder, 'config.json'))

@@ -152,10 +152,12 @@ def test_the_commands(workdirs, tmp_path):
   run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True,
                                   text=True, timeout=600, cwd=tmp_path)
   wd = str(tmp_path / 'wd')
-  r = run('-m', 'ddpm_jax.cli.import_diffusers', os.path.join(FIXTURES, 'sd2'),
-          f'--workdir={wd}')
+  # a flag's value after a space is not taken for the positional SRC
+  r = run('-m', 'ddpm_jax.cli.import_diffusers', '--workdir', wd,
+          os.path.join(FIXTURES, 'sd2'))
   assert r.returncode == 0, r.stderr[-3000:]
-  assert 'StableDiffusionPipeline' in r.stdout
+  assert r.stdout.startswith(f'imported {FIXTURES}/sd2 (StableDiffusionPipeline) '
+                             f'into {wd} (checkpoint 0)')
   r = run(os.path.join(REPO, 'sample.py'), f'--workdir={wd}', '--prompt=a cat',
           '--negative-prompt=blurry', '--sampler=dpm++2m', '--spacing=karras',
           '--steps=3', '--num=2', '--out=s.png')

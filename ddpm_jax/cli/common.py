@@ -167,6 +167,21 @@ def _help_for(command_module: str) -> None:
     sys.modules['__main__'].__doc__ = sys.modules[command_module].__doc__
 
 
+def _positional(args: list[str], name: str) -> list[str]:
+  """Bare arguments as --name=value, except the value of a flag given
+  without '=' (`--workdir W`)."""
+  out, value_next = [], False
+  for a in args:
+    if value_next or a.startswith('-'):
+      flag = a.lstrip('-').split('=', 1)[0]
+      value_next = (not value_next and a.startswith('-') and '=' not in a
+                    and flag in flags.FLAGS and not flags.FLAGS[flag].boolean)
+      out.append(a)
+    else:
+      out.append(f'--{name}={a}')
+  return out
+
+
 def run(main: Callable[[], object], positional: str | None = None,
         spellings: dict[str, str] | None = None) -> None:
   """Parses flags, then calls `main()` under the error rule. With
@@ -176,8 +191,7 @@ def run(main: Callable[[], object], positional: str | None = None,
   if set(sys.argv[1:]) & {'-h', '-?', '--help', '--helpshort'}:
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's: 1
   if positional:
-    sys.argv = [sys.argv[0]] + [a if a.startswith('-') else f'--{positional}={a}'
-                                for a in sys.argv[1:]]
+    sys.argv = [sys.argv[0]] + _positional(sys.argv[1:], positional)
 
   def wrapper(argv):
     del argv  # parse_flags refused positional arguments
