@@ -13,8 +13,15 @@
   #                    [--negative-prompt "a one"] [--guidance-scale 5]
   #                    (one grid row per prompt; or --prompt-file, one per line)
 
+  # another size:      --height 48 --width 64  (multiples of the model's factor)
+
 A latent model's workdir (configs/mnist_latent.py) takes the same flags; its
-input images and masks are at its pixel size (32x32 for MNIST).
+input images and masks are at its pixel size (32x32 for MNIST). So does an
+imported Stable Diffusion workdir (docs/stable_diffusion.md), with --prompt,
+--negative-prompt, --sampler ddim|euler|euler_a|dpm++2m|heun [--spacing
+karras], --height/--width and --vae DIR. Inpainting and outpainting use the
+config's editing defaults (euler_a, 20 steps, 3 jumps) unless told; an edit
+without --label is unconditional and writes 16 images unless --num says.
 
 Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
 <stem>.npy, with --gif an animation of the reverse process as <stem>.gif.
