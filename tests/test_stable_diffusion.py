@@ -77,8 +77,8 @@ def test_every_mode_runs(workdirs, capsys):
   mask = np.zeros((32, 32, 1), np.float32)
   mask[:, 16:] = 1
   kw = dict(num=1, prompt='a red square', num_steps=2, sampler='euler')
-  x = pipe.sample(height=48, width=40, **kw)
-  assert x.shape == (1, 48, 40, 3)
+  req = pipe.request(height=48, width=40, **kw)   # checked, not sampled
+  assert dict(req.fn_args)['shape'] == (24, 20, 4)
   x = pipe.sample(init_image=img, strength=0.6, **kw)
   assert x.shape == (1, 32, 32, 3)
   x = pipe.sample(init_image=img, mask=mask, **kw)
@@ -89,7 +89,7 @@ def test_every_mode_runs(workdirs, capsys):
                   sampler='euler_a', num_steps=12)
   assert np.all(np.isfinite(x))
   long = ' '.join(['word'] * 100)
-  pipe.sample(num=1, prompt=long, num_steps=2, sampler='ddim')
+  pipe.request(num=1, prompt=long, num_steps=2, sampler='ddim')
   assert 'longer than 77 tokens and were cut' in capsys.readouterr().err
   with pytest.raises(UserError, match='height must be a multiple of 2'):
     pipe.sample(height=33, **kw)
