@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ddpm_jax.errors import UserError
-from ddpm_jax.models.torch_weights import Keys, map_tensors
+from ddpm_jax.models.torch_weights import Keys, map_tensors, random_params
 from ddpm_jax.models.layers import AttnBlock, GroupNorm, ResBlock, default_init
 
 # LDM's (and diffusers') clamp of the log-variance.
@@ -239,20 +239,8 @@ def abstract_vae(cfg: dict, dtype: Any = 'float32') -> AutoencoderKL:
 
 
 def build_vae(cfg: dict, dtype: Any = 'float32', seed: int = 0) -> AutoencoderKL:
-  """A model with random parameters drawn by NumPy (kernels N(0, 1/fan_in),
-  norm scales 1, biases 0): no JAX op (or compile) per parameter."""
-  model = abstract_vae(cfg, dtype)
-  rng = np.random.default_rng(seed)
-
-  def init(path, leaf):
-    kind = str(getattr(path[-1], 'key', path[-1]))
-    if kind == 'kernel':
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return rng.standard_normal(leaf.shape, np.float32) / np.float32(np.sqrt(fan_in))
-    return (np.ones if kind == 'scale' else np.zeros)(leaf.shape, np.float32)
-  params = jax.tree_util.tree_map_with_path(
-      init, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  return nnx.merge(nnx.split(model, nnx.Param)[0], params)
+  """A model with random parameters (torch_weights.random_params)."""
+  return random_params(abstract_vae(cfg, dtype), seed)
 
 
 class VAEFns(NamedTuple):

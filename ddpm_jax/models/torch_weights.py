@@ -87,3 +87,20 @@ def map_tensors(tensors: dict[str, np.ndarray], model: nnx.Module,
                   np.concatenate(parts, axis=-1))
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract),
                                       values)
+
+
+def random_params(model: nnx.Module, seed: int = 0) -> nnx.Module:
+  """`model` (abstract or not) with random parameters drawn by NumPy
+  (kernels N(0, 1/fan_in), norm scales 1, biases 0): no JAX op (or
+  compile) per parameter."""
+  rng = np.random.default_rng(seed)
+
+  def init(path, leaf):
+    kind = str(getattr(path[-1], 'key', path[-1]))
+    if kind == 'kernel':
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return rng.standard_normal(leaf.shape, np.float32) / np.float32(np.sqrt(fan_in))
+    return (np.ones if kind == 'scale' else np.zeros)(leaf.shape, np.float32)
+  params = jax.tree_util.tree_map_with_path(
+      init, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return nnx.merge(nnx.split(model, nnx.Param)[0], params)
