@@ -70,10 +70,13 @@ def find_folders(src: str) -> tuple[str, str | None]:
   return src, src if os.path.isfile(os.path.join(src, 'scheduler_config.json')) else None
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
+  """A diffusers config file as a dict; anything else is one UserError."""
   try:
     with open(path, encoding='utf-8') as f:
       d = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f'{path} does not exist') from None
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise UserError(f'cannot read {path}: {describe(e)}') from e
   if not isinstance(d, dict):
@@ -81,17 +84,23 @@ def _read_json(path: str) -> dict:
   return d
 
 
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """The float32 tensors of a .safetensors file (no torch needed)."""
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+  try:
+    tensors = load_file(path)
+  except (SafetensorError, OSError, ValueError, TypeError) as e:
+    raise UserError(f'cannot read {path}: {describe(e)}') from e
+  return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
 def read_weights(folder: str) -> dict[str, np.ndarray]:
   """The UNet's tensors as float32 NumPy arrays, from safetensors (no torch
   needed), or from a legacy .bin through torch.load(weights_only=True)."""
   path = os.path.join(folder, WEIGHTS)
   if os.path.isfile(path):
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-    try:
-      tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-      raise UserError(f'cannot read {path}: {describe(e)}') from e
+    tensors = read_safetensors(path)
   elif os.path.isfile(os.path.join(folder, LEGACY_WEIGHTS)):
     legacy = os.path.join(folder, LEGACY_WEIGHTS)
     try:
@@ -376,8 +385,8 @@ def import_folder(src: str, workdir: str, base=None) -> tuple[int, Any]:
     raise UserError(f'{workdir} already holds checkpoints; import into a new '
                     'workdir')
   unet_dir, sched_dir = find_folders(src)
-  unet_cfg = _read_json(os.path.join(unet_dir, 'config.json'))
-  sched_cfg = (_read_json(os.path.join(sched_dir, 'scheduler_config.json'))
+  unet_cfg = read_json(os.path.join(unet_dir, 'config.json'))
+  sched_cfg = (read_json(os.path.join(sched_dir, 'scheduler_config.json'))
                if sched_dir else None)
   config, flip = config_from_diffusers(unet_cfg, sched_cfg, base)
   params = params_from_diffusers(read_weights(unet_dir), config, flip)

@@ -424,6 +424,10 @@ class Pipeline:
                          float(guidance_scale) if guided else None,
                          x_init, m, batch, noise)
 
+  def _scan_options(self) -> dict[str, Any]:
+    """What this kind of model adds to `sampling.make_sample_fn`."""
+    return {'null_label': self.num_classes}
+
   def _sample_fn(self, fn_args: tuple, batch: int) -> Callable:
     key = fn_args + (('batch', batch),)
     if key not in self._cache:
@@ -431,9 +435,9 @@ class Pipeline:
       smp = self.sampler(a['sampler'], a['num_steps'], **dict(a['options']))
       self._cache[key] = sampling.make_sample_fn(
           self.apply, smp, (batch,) + tuple(a['shape']), self.mesh,
-          a['capture_every'], null_label=self.num_classes,
-          strength=a['strength'], jumps=a['jumps'], codec=self.codec,
-          paste_known=a['paste_known'])
+          a['capture_every'], strength=a['strength'], jumps=a['jumps'],
+          codec=self.codec, paste_known=a['paste_known'],
+          **self._scan_options())
     return self._cache[key]
 
   def run(self, req: SampleRequest, *, progress: bool = False

@@ -43,7 +43,8 @@ from ddpm_jax import memory
 from ddpm_jax import options
 from ddpm_jax import sampling
 from ddpm_jax.checkpoint import Checkpointer
-from ddpm_jax.errors import UserError, describe
+from ddpm_jax.diffusers_format import read_json, read_safetensors
+from ddpm_jax.errors import UserError
 from ddpm_jax.models import clip as clip_lib
 from ddpm_jax.models import sd_unet, sd_vae
 from ddpm_jax.pipeline import Pipeline
@@ -62,20 +63,7 @@ def is_sd_folder(src: str) -> bool:
   path = os.path.join(src, 'model_index.json')
   if not os.path.isfile(path):
     return False
-  return str(_read_json(path).get('_class_name', '')).startswith('StableDiffusion')
-
-
-def _read_json(path: str) -> dict:
-  try:
-    with open(path, encoding='utf-8') as f:
-      d = json.load(f)
-  except FileNotFoundError:
-    raise UserError(f'{path} does not exist') from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise UserError(f'cannot read {path}: {describe(e)}') from e
-  if not isinstance(d, dict):
-    raise UserError(f'{path} is not a JSON object')
-  return d
+  return str(read_json(path).get('_class_name', '')).startswith('StableDiffusion')
 
 
 def _weights(folder: str, name: str) -> dict[str, np.ndarray]:
@@ -84,13 +72,7 @@ def _weights(folder: str, name: str) -> dict[str, np.ndarray]:
     raise UserError(f'{folder} has no {name} (only .safetensors weights are '
                     'read; convert a .bin with diffusers save_pretrained('
                     'safe_serialization=True))')
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-  try:
-    tensors = load_file(path)
-  except (SafetensorError, OSError, ValueError, TypeError) as e:
-    raise UserError(f'cannot read {path}: {describe(e)}') from e
-  return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+  return read_safetensors(path)
 
 
 def read_folder(src: str) -> dict[str, Any]:
@@ -99,7 +81,7 @@ def read_folder(src: str) -> dict[str, Any]:
   if not os.path.isdir(src):
     raise UserError(f'{src} is not a folder' if os.path.exists(src)
                     else f'{src} does not exist')
-  index = _read_json(os.path.join(src, 'model_index.json'))
+  index = read_json(os.path.join(src, 'model_index.json'))
   name = str(index.get('_class_name', ''))
   if 'XL' in name or 'text_encoder_2' in index:
     raise UserError(f'{src} is an SDXL pipeline ({name}): SDXL (two text '
@@ -113,10 +95,10 @@ def read_folder(src: str) -> dict[str, Any]:
       raise UserError(f'{src} has no {part}/ folder (a Stable Diffusion '
                       f'pipeline has {", ".join(p + "/" for p in PARTS)})')
   out = {'pipeline': name,
-         'unet': _read_json(os.path.join(src, 'unet', 'config.json')),
-         'vae': _read_json(os.path.join(src, 'vae', 'config.json')),
-         'text_encoder': _read_json(os.path.join(src, 'text_encoder', 'config.json')),
-         'scheduler': _read_json(os.path.join(src, 'scheduler',
+         'unet': read_json(os.path.join(src, 'unet', 'config.json')),
+         'vae': read_json(os.path.join(src, 'vae', 'config.json')),
+         'text_encoder': read_json(os.path.join(src, 'text_encoder', 'config.json')),
+         'scheduler': read_json(os.path.join(src, 'scheduler',
                                               'scheduler_config.json'))}
   sd_unet.check_config(out['unet'])
   sd_vae.check_config(out['vae'])
@@ -150,7 +132,7 @@ def read_vae(folder: str, dtype: str = 'float32') -> tuple[dict, Any]:
                     else f'vae {folder} does not exist')
   if os.path.isdir(os.path.join(folder, 'vae')):
     folder = os.path.join(folder, 'vae')   # a whole pipeline: take its VAE
-  cfg = _read_json(os.path.join(folder, 'config.json'))
+  cfg = read_json(os.path.join(folder, 'config.json'))
   sd_vae.check_config(cfg)
   model = sd_vae.abstract_vae(cfg, dtype)
   return cfg, sd_vae.params_from_diffusers(
@@ -320,18 +302,8 @@ class SDPipeline(Pipeline):
   def _network_levels(self) -> tuple[list, list]:
     return _levels(dict(self.cfgs, vae=self._vae_cfg))
 
-  def _sample_fn(self, fn_args: tuple, batch: int):
-    key = fn_args + (('batch', batch),)
-    if key not in self._cache:
-      a = dict(fn_args)
-      smp = self.sampler(a['sampler'], a['num_steps'], **dict(a['options']))
-      self._cache[key] = sampling.make_sample_fn(
-          self.apply, smp, (batch,) + tuple(a['shape']), self.mesh,
-          a['capture_every'], strength=a['strength'], jumps=a['jumps'],
-          codec=self.codec, paste_known=a['paste_known'],
-          condition=self.encode_text,
-          unet_takes_mask=self._inpaint_unet)
-    return self._cache[key]
+  def _scan_options(self) -> dict[str, Any]:
+    return {'condition': self.encode_text, 'unet_takes_mask': self._inpaint_unet}
 
   def restore(self, workdir: str, use_ema: bool = True) -> None:
     del use_ema   # an imported pipeline has one set of weights

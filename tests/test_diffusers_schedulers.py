@@ -188,6 +188,15 @@ def test_sample_scans_what_the_step_loop_does(name, karras):
 
 # --- the text-to-image loop on the fixtures' UNets ----------------------
 
+def _diffusers_part(case: str, part: str, from_diffusers):
+  """(config, graphdef, params) of a fixture's diffusers `part` folder."""
+  d = os.path.join(SD, case, part)
+  with open(os.path.join(d, 'config.json')) as f:
+    cfg = json.load(f)
+  return (cfg, *from_diffusers(
+      cfg, load_file(os.path.join(d, 'diffusion_pytorch_model.safetensors'))))
+
+
 def _guided(apply, ctx, w):
   """diffusers' guidance: the UNet on cat([negative, prompt]), then
   uncond + w (cond - uncond)."""
@@ -213,11 +222,7 @@ def pipes():
         load_file(os.path.join(folder, 'model.safetensors')), clip))
     ids = tok([str(ref['pipe_negative_prompt']), str(ref['pipe_prompt'])])
     ctx = jax.jit(lambda ids: clip(ids))(ids)          # [uncond, cond]
-    d = os.path.join(SD, case, 'unet')
-    with open(os.path.join(d, 'config.json')) as f:
-      ucfg = json.load(f)
-    gd, params = sd_unet.unet_from_diffusers(
-        ucfg, load_file(os.path.join(d, 'diffusion_pytorch_model.safetensors')))
+    _, gd, params = _diffusers_part(case, 'unet', sd_unet.unet_from_diffusers)
     apply = sd_unet.make_unet_apply(gd)
     out[case] = (_guided(apply, ctx, float(ref['pipe_guidance_scale'])),
                  params, apply, ctx)
@@ -262,11 +267,7 @@ def test_img2img_is_diffusers(pipes, case):
   agrees with diffusers here (3 of 5 steps)."""
   _, unet_params, apply, ctx = pipes[case]
   ref = _ref(case)
-  d = os.path.join(SD, case, 'vae')
-  with open(os.path.join(d, 'config.json')) as f:
-    vcfg = json.load(f)
-  gd, vparams = sd_vae.vae_from_diffusers(
-      vcfg, load_file(os.path.join(d, 'diffusion_pytorch_model.safetensors')))
+  vcfg, gd, vparams = _diffusers_part(case, 'vae', sd_vae.vae_from_diffusers)
   vae = sd_vae.make_vae_fns(gd)
   post = jnp.asarray(_nhwc(ref['img2img_posterior_noise']))
   sf = vcfg.get('scaling_factor', 0.18215)
