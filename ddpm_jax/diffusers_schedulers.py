@@ -84,13 +84,12 @@ F32 = np.float32
 class DiffusersSampler(samplers.Sampler):
   """A Sampler plus what diffusers' scheduler shows after set_timesteps."""
   init_noise_sigma: float = 1.0   # diffusers' (x_ve = latents * this)
-  init_noise_scale: float = 1.0   # text-to-image: x_T = noise * this (VP form)
   sigmas: np.ndarray | None = None  # scheduler.sigmas, float32, decreasing (+ final)
   model_timesteps: np.ndarray | None = None  # scheduler.timesteps (diffusers' order)
 
   @staticmethod
   def img2img_start(strength: float, num_steps: int) -> int:
-    """diffusers' img2img start (sampling.make_sample_fn looks it up)."""
+    """diffusers' img2img start, replacing Sampler's rounding rule."""
     return img2img_start(strength, num_steps)
 
 

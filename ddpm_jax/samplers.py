@@ -36,10 +36,18 @@ class Sampler:
   schedule: Schedule  # respaced: entry i belongs to model timestep timesteps[i]
   init_carry: Callable[[jax.Array], Any]
   step: StepFn
+  # generation starts from x_T = noise * this (diffusers' Euler starts at
+  # σ_max rather than √(σ_max² + 1): diffusers_schedulers.py sets it)
+  init_noise_scale: float = 1.0
 
   @property
   def num_steps(self) -> int:
     return len(self.timesteps)
+
+  @staticmethod
+  def img2img_start(strength: float, num_steps: int) -> int:
+    """Grid index img2img starts from: s·n steps are run (-1: none)."""
+    return int(round(strength * num_steps)) - 1
 
   def sample(self, eps_fn: EpsFn, key: jax.Array, x_T: jax.Array, *,
              start: int | None = None, capture_every: int = 0,

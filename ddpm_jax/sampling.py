@@ -136,11 +136,6 @@ def guided_eps_fn(apply: Callable, params, y_B: jax.Array | None,
   return eps_fn
 
 
-def strength_to_start(strength: float, num_steps: int) -> int:
-  """Grid index img2img starts from: s·n steps are run (-1: none)."""
-  return int(round(strength * num_steps)) - 1
-
-
 class Codec(NamedTuple):
   """A latent model's way between pixels and the space it denoises:
   encode(params, x_BHWC) -> z, decode(params, z) -> x_BHWC, and the factor f
@@ -193,9 +188,8 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
   if mesh is not None and shape[0] % mesh.size == 0:
     batch_spec = NamedSharding(mesh, P('data'))
   start = None
-  if strength is not None:   # a diffusers scheduler brings diffusers' rule
-    start = getattr(sampler, 'img2img_start', strength_to_start)(
-        strength, sampler.num_steps)
+  if strength is not None:
+    start = sampler.img2img_start(strength, sampler.num_steps)
 
   def fn(params, key, y=None, scale=None, x_init=None, mask=None, y_null=None,
          noise=None):
@@ -211,11 +205,11 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
       return sample(params, key, y, scale, x_init, mask, y_null, noise, apply)
     pixels, pixel_mask = x_init, mask
     unet = apply
-    if unet_takes_mask:
+    if unet_takes_mask:   # built once per call, not per step
       extra = _mask_channels(params, codec, x_init, mask, shape)
+      doubled = jnp.concatenate([extra, extra])   # guidance's two halves
       unet = lambda p, x, t, c: apply(p, jnp.concatenate(
-          [x, jnp.tile(extra, (x.shape[0] // extra.shape[0], 1, 1, 1))], -1),
-          t, c)
+          [x, extra if x.shape[0] == extra.shape[0] else doubled], -1), t, c)
       if mask is not None:
         x_init = mask = None   # the UNet inpaints; nothing is imposed
     if x_init is not None:
@@ -230,19 +224,19 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
       x = pixel_mask * x + (1.0 - pixel_mask) * pixels
     return x, frames
 
-  def sample(params, key, y, scale, x_init, mask, y_null, noise, apply):
+  def sample(params, key, y, scale, x_init, mask, y_null, noise, unet):
     init_key, loop_key = jax.random.split(key)
     if noise is None:
       noise = jax.random.normal(init_key, shape, jnp.float32)
     if batch_spec is not None:
       noise = jax.lax.with_sharding_constraint(noise, batch_spec)
-    eps_fn = guided_eps_fn(apply, params, y, scale, y_null)
-    if start is None:   # diffusers' Euler starts at σ_max, not √(σ_max² + 1)
-      x_T = noise * getattr(sampler, 'init_noise_scale', 1.0)
+    eps_fn = guided_eps_fn(unet, params, y, scale, y_null)
+    if start is None:
+      x_T = noise * sampler.init_noise_scale
     elif start < 0:
       x_T = x_init                       # strength 0: nothing to do
     elif start == sampler.num_steps - 1 and strength >= 1.0:
-      x_T = noise * getattr(sampler, 'init_noise_scale', 1.0)   # plain generation
+      x_T = noise * sampler.init_noise_scale   # plain generation
     else:
       t_B = jnp.full(shape[:1], start)
       x_T = diffusion.q_sample(sampler.schedule, x_init, t_B, noise)
@@ -267,8 +261,9 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
 def _mask_channels(params, codec: Codec, x_BHWC, mask_BHWC, shape) -> jax.Array:
   """An inpainting UNet's extra input: the mask on the latent grid (nearest,
   as torch's interpolate) and the latents of the image with the regenerated
-  part blacked out (diffusers: image * (mask < 0.5)); zeros without a mask."""
-  B, h, w, c = shape
+  part blacked out (diffusers: image * (mask < 0.5)); without a mask (plain
+  generation, img2img), all of it regenerated: a mask of ones, a black image."""
+  B, h, w, _ = shape
   f = codec.factor
   if mask_BHWC is None:   # generation or img2img: all of it is regenerated
     mask_BHWC = jnp.ones((B, h * f, w * f, 1), jnp.float32)

@@ -263,7 +263,7 @@ def test_the_jitted_sample_fn_is_diffusers(pipes, s):
 @pytest.mark.parametrize('case', CASES)
 def test_img2img_is_diffusers(pipes, case):
   """DDIM img2img, strength 0.6, through make_sample_fn with a codec whose
-  encoder draws diffusers' recorded posterior noise: strength_to_start
+  encoder draws diffusers' recorded posterior noise: Sampler.img2img_start
   agrees with diffusers here (3 of 5 steps)."""
   _, unet_params, apply, ctx = pipes[case]
   ref = _ref(case)
