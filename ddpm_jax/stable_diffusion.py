@@ -125,8 +125,14 @@ def _abstract(cfgs: dict, dtype: str = 'float32') -> dict[str, Any]:
           'vae': sd_vae.abstract_vae(cfgs['vae'], dtype), 'text': text}
 
 
-def read_vae(folder: str, dtype: str = 'float32') -> tuple[dict, Any]:
-  """(config, parameters) of a diffusers AutoencoderKL folder (--vae)."""
+def _vae_factor(vae_cfg: dict) -> int:
+  """f: the AutoencoderKL's downsampling factor (8 for SD)."""
+  return 2 ** (len(vae_cfg.get('block_out_channels', (64,))) - 1)
+
+
+def read_vae(folder: str, dtype: str = 'float32') -> tuple[dict, Any, Any]:
+  """(config, abstract model, parameters) of a diffusers AutoencoderKL
+  folder (--vae)."""
   if not os.path.isdir(folder):
     raise UserError(f'vae {folder} is not a folder' if os.path.exists(folder)
                     else f'vae {folder} does not exist')
@@ -135,7 +141,7 @@ def read_vae(folder: str, dtype: str = 'float32') -> tuple[dict, Any]:
   cfg = read_json(os.path.join(folder, 'config.json'))
   sd_vae.check_config(cfg)
   model = sd_vae.abstract_vae(cfg, dtype)
-  return cfg, sd_vae.params_from_diffusers(
+  return cfg, model, sd_vae.params_from_diffusers(
       _weights(folder, 'diffusion_pytorch_model.safetensors'), model)
 
 
@@ -148,9 +154,8 @@ def sd_config(cfgs: dict) -> ml_collections.ConfigDict:
       'pipeline': cfgs['pipeline'], 'dtype': 'float32',
       **{k: json.dumps(cfgs[k], sort_keys=True)
          for k in ('unet', 'vae', 'text_encoder', 'scheduler')}})
-  f = 2 ** (len(cfgs['vae'].get('block_out_channels', (64,))) - 1)
   c.data.name = 'stable_diffusion'
-  c.data.image_size = int(u.get('sample_size', 64)) * f
+  c.data.image_size = int(u.get('sample_size', 64)) * _vae_factor(cfgs['vae'])
   c.data.channels = 3
   c.data.num_classes = 0
   c.model.text_conditional = True
@@ -240,7 +245,8 @@ class SDPipeline(Pipeline):
   """A Stable Diffusion workdir ready to sample (see the module docstring)."""
   tokenizer: Any = None
   cfgs: dict = dataclasses.field(default_factory=dict)
-  vae_override: tuple | None = None   # (config, params) of --vae
+  vae_override: tuple | None = None   # (config, model, params) of --vae
+  param_shapes: Any = None   # the checkpoint's parameters, shapes only
   encode_text: Any = None   # (params, ids [B, L]) -> context [B, L, D]
 
   @property
@@ -308,14 +314,12 @@ class SDPipeline(Pipeline):
   def restore(self, workdir: str, use_ema: bool = True) -> None:
     del use_ema   # an imported pipeline has one set of weights
     dtype = jnp.dtype(self.config.stable_diffusion.get('dtype', 'float32'))
-    models = _abstract(self.cfgs)
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
-        {k: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for k, m in models.items()})
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
+                          self.param_shapes)
     with Checkpointer(workdir, read_only=True) as ckpt:
       params = ckpt.restore_params(self.step, 'params', target, self.mesh)
     if self.vae_override:
-      params = dict(params, vae=_cast(self.vae_override[1], dtype))
+      params = dict(params, vae=_cast(self.vae_override[2], dtype))
     self.params = params
 
 
@@ -324,11 +328,12 @@ def open_sd_pipeline(workdir: str, config, step: int, mesh, given: bool,
   cfgs = configs_of(config)
   dtype = config.stable_diffusion.get('dtype', 'float32')
   vae_override = read_vae(vae, dtype) if vae else None
-  vae_cfg = vae_override[0] if vae_override else cfgs['vae']
-  models = _abstract(dict(cfgs, vae=vae_cfg), dtype)
+  models = _abstract(cfgs, dtype)   # the checkpoint's networks
+  vae_cfg, vae_model = (vae_override[:2] if vae_override
+                        else (cfgs['vae'], models['vae']))
   unet_apply = sd_unet.make_unet_apply(nnx.split(models['unet'], nnx.Param)[0])
   text_graph = nnx.split(models['text'], nnx.Param)[0]
-  vae_fns = sd_vae.make_vae_fns(nnx.split(models['vae'], nnx.Param)[0])
+  vae_fns = sd_vae.make_vae_fns(nnx.split(vae_model, nnx.Param)[0])
   scale = float(vae_cfg.get('scaling_factor', 0.18215))
   shift = vae_cfg.get('shift_factor') or 0.0
 
@@ -342,9 +347,11 @@ def open_sd_pipeline(workdir: str, config, step: int, mesh, given: bool,
   def decode(params, z):
     return jnp.clip(vae_fns.decode(params['vae'], z / scale + shift), -1.0, 1.0)
 
-  f = 2 ** (len(vae_cfg.get('block_out_channels', (64,))) - 1)
   tok = clip_tokenizer.ClipTokenizer.from_folder(files.join(workdir, 'tokenizer'))
   return SDPipeline(
-      config, apply, None, mesh, step, sampling.Codec(encode, decode, f),
+      config, apply, None, mesh, step,
+      sampling.Codec(encode, decode, _vae_factor(vae_cfg)),
       step_given=given, tokenizer=tok, cfgs=cfgs, vae_override=vae_override,
+      param_shapes={k: nnx.to_pure_dict(nnx.state(m, nnx.Param))
+                    for k, m in models.items()},
       encode_text=lambda params, ids: nnx.merge(text_graph, params['text'])(ids))
