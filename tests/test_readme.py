@@ -1,8 +1,9 @@
 """Every command of the README's Usage block runs as written, in a fresh
 directory after command 1, on a tiny model where the default would be slow.
 Only sizes change: the training flags below (after the first training line,
-no sample grid: tests/test_cli.py checks it), 1000 sampling steps -> 10 and
-1000 evaluation samples -> 20, to keep the suite short."""
+no sample grid: tests/test_cli.py checks it; the trained configs sample in
+4 steps and edit in 10), 1000 and 50 sampling steps -> 10 and 5, and 1000
+evaluation samples -> 20, to keep the suite short."""
 
 import os
 import re
@@ -23,7 +24,10 @@ TINY_FLAGS = ' '.join(shlex.quote(f) for f in (
     '--config.autoencoder.ch=8', '--config.autoencoder.num_groups=4',
     '--config.autoencoder.scale_images=256',
     # the text line: a narrower text encoder
-    '--config.model.text_dim=16', '--config.model.text_heads=2'))
+    '--config.model.text_dim=16', '--config.model.text_heads=2',
+    # what the sampling lines that name no step count run: 4 steps, and
+    # in-painting one 10-step block (with its RePaint jumps)
+    '--config.sampling.num_steps=4', '--config.sampling.edit_num_steps=10'))
 
 
 def usage_lines() -> list[str]:
@@ -50,7 +54,8 @@ def test_every_usage_line_runs_as_written(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO)
   for line in usage_lines():
     cmd = line.replace(f'--checkpoint {default_steps}', '--checkpoint 2')
-    cmd = cmd.replace('--steps 1000', '--steps 10').replace('--num 1000', '--num 20')
+    cmd = cmd.replace('--steps 1000', '--steps 10').replace('--steps 50', '--steps 5')
+    cmd = cmd.replace('--num 1000', '--num 20')
     if cmd.startswith('python train.py'):
       m = re.search(r'--config\.training\.num_steps=\d+', cmd)
       cmd = (cmd.replace(m.group(0), '--config.training.num_steps=4') if m
