@@ -68,7 +68,9 @@ def fingerprint(params: Any, scale: float) -> str:
 
 def abstract_autoencoder(ae_cfg, channels: int) -> tuple[nnx.GraphDef, Any]:
   """(graphdef, parameter shapes) of an `autoencoder` config section."""
-  return abstract_params(lambda: build_autoencoder(ae_cfg, channels))
+  from ddpm_jax.models.torch_weights import Keys  # fast: see abstract_model
+  return abstract_params(lambda: build_autoencoder(ae_cfg, channels,
+                                                   rngs=Keys(0)))
 
 
 def autoencoder_fns(ae_cfg, channels: int) -> AutoencoderFns:

@@ -102,12 +102,15 @@ class Autoencoder(nnx.Module):
     self.decoder = Decoder(out_channels=channels, **kw)
 
 
-def build_autoencoder(ae_cfg, channels: int, seed: int = 0) -> Autoencoder:
-  """The autoencoder of a config's `autoencoder` section."""
+def build_autoencoder(ae_cfg, channels: int, seed: int = 0,
+                      rngs=None) -> Autoencoder:
+  """The autoencoder of a config's `autoencoder` section (its keys from
+  nnx.Rngs(seed) unless `rngs` is given: abstract builds pass Keys)."""
   return Autoencoder(channels=channels, ch=ae_cfg.ch, ch_mult=tuple(ae_cfg.ch_mult),
                      num_res_blocks=ae_cfg.num_res_blocks,
                      z_channels=ae_cfg.z_channels, num_groups=ae_cfg.num_groups,
-                     dtype=ae_cfg.dtype, rngs=nnx.Rngs(seed))
+                     dtype=ae_cfg.dtype,
+                     rngs=nnx.Rngs(seed) if rngs is None else rngs)
 
 
 class Posterior(NamedTuple):

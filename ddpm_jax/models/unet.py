@@ -233,8 +233,9 @@ def attention_levels(image_size: int, ch_mult: Sequence[int],
 
 
 def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
-                seed: int = 0) -> UNet:
-  """Builds the UNet from the config's `model` section."""
+                seed: int = 0, rngs=None) -> UNet:
+  """Builds the UNet from the config's `model` section (its keys from
+  nnx.Rngs(seed) unless `rngs` is given: abstract builds pass Keys)."""
   patch_size = model_cfg.get('patch_size', 1)
   text = model_cfg.get('text_conditional', False)
   return UNet(in_channels=channels, ch=model_cfg.ch,
@@ -259,7 +260,7 @@ def build_unet(model_cfg, image_size: int, channels: int, num_classes: int,
               attn_head_dim=model_cfg.get('attn_head_dim', 0),
               downsample_padding=model_cfg.get('downsample_padding', 0),
               freq_shift=model_cfg.get('freq_shift', 1.0),
-              rngs=nnx.Rngs(seed))
+              rngs=nnx.Rngs(seed) if rngs is None else rngs)
 
 
 ApplyFn = Callable[..., jax.Array]
