@@ -149,6 +149,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.edit_sampler = 'euler_a'
   c.sampling.edit_num_steps = 20
   c.sampling.edit_jumps = 3
+  # An edit without a label or prompt: reconstruction guidance of this
+  # weight instead of the jumps (0: off; see sampling.reconstruction_eps_fn).
+  c.sampling.edit_reconstruction = 20.0
   return c
 
 
@@ -352,6 +355,8 @@ def validate(config, num_devices: int = 1) -> None:
   if s.edit_jumps < 0 or s.edit_num_steps < 0:
     raise ConfigError('sampling.edit_jumps and sampling.edit_num_steps must be '
                       '>= 0')
+  if not 0.0 <= s.edit_reconstruction < float('inf'):
+    raise ConfigError('sampling.edit_reconstruction must be a finite number >= 0')
   _choice('sampling.spacing', s.spacing, options.SPACINGS)
   if not 0 <= s.num_steps <= config.diffusion.num_timesteps:
     raise ConfigError(f'sampling.num_steps={s.num_steps} must be in '

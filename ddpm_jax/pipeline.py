@@ -244,26 +244,29 @@ class Pipeline:
         decoder.append(memory.Level(2 ** level, a.ch * mult, 0, int(last)))
     return unet, decoder
 
-  def _image_bytes(self, shape, guided: bool) -> int:
+  def _image_bytes(self, shape, guided: bool, backward: bool = False) -> int:
     """Estimated peak bytes one image of a sampling call adds, at the scan
-    `shape`."""
+    `shape`; `backward`: the UNet is differentiated (reconstruction
+    guidance), which keeps its forward activations, about 3× the peak."""
     unet, decoder = self._network_levels()
     h, w, _ = shape
     f = self.codec.factor if self.codec else 1
-    return max((2 if guided else 1) * memory.network_bytes(unet, h, w),
+    calls = (2 if guided else 1) * (3 if backward else 1)
+    return max(calls * memory.network_bytes(unet, h, w),
                memory.network_bytes(decoder, h * f, w * f))
 
-  def _call_bytes(self, shape, guided: bool, frames: int = 0) -> tuple[int, int]:
+  def _call_bytes(self, shape, guided: bool, frames: int = 0,
+                  backward: bool = False) -> tuple[int, int]:
     """(bytes of the parameters, estimated peak bytes per image) of a
     sampling call at the scan `shape`, the sampler's carry and frames
     included."""
     fixed = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(self.params)
                 ) if self.params is not None else 0
-    return fixed, self._image_bytes(shape, guided) + 4 * int(
+    return fixed, self._image_bytes(shape, guided, backward) + 4 * int(
         np.prod(shape)) * (frames + 4)
 
   def _fitting_batch(self, shape, batch: int, given: bool, guided: bool,
-                     frames: int) -> int:
+                     frames: int, backward: bool = False) -> int:
     """`batch`, or (not `given`) the largest batch up to it whose estimated
     peak memory fits the device; one line if none fits (or a given batch
     does not), naming the largest batch or canvas that does."""
@@ -271,7 +274,7 @@ class Pipeline:
     if avail is None:
       return batch
     devices = self.mesh.size
-    fixed, per_image = self._call_bytes(shape, guided, frames)
+    fixed, per_image = self._call_bytes(shape, guided, frames, backward)
     per_device = lambda b: -(-b // devices) if b % devices == 0 else b
     fits = lambda b: fixed + per_device(b) * per_image <= avail
     if fits(batch):
@@ -292,7 +295,7 @@ class Pipeline:
     side, step = 0, self._factor()
     s = step
     while fixed + self._image_bytes(self._scan_shape((s, s, shape[2])),
-                                    guided) <= avail:
+                                    guided, backward) <= avail:
       side, s = s, s + step
     fit = (f'the largest square canvas that fits is about {side}x{side}'
            if side else 'no canvas fits')
@@ -318,7 +321,7 @@ class Pipeline:
               guidance_scale: float | None = None, init_image=None,
               strength: float | None = None, mask=None, outpaint=None,
               paste_known: bool = True, jumps: int | None = None,
-              capture_every: int = 0,
+              capture_every: int = 0, reconstruction: float | None = None,
               batch_size: int | None = None, noise=None,
               height: int | None = None, width: int | None = None,
               **sampler_options) -> SampleRequest:
@@ -332,6 +335,8 @@ class Pipeline:
     strength = checks.number('strength', strength, low=0, high=1, optional=True)
     paste_known = checks.boolean('paste_known', paste_known)
     jumps = checks.integer('jumps', jumps, low=0, optional=True)
+    reconstruction = checks.number('reconstruction', reconstruction, low=0,
+                                   optional=True)
     capture_every = checks.integer('capture_every', capture_every, low=0)
     batch_size = checks.integer('batch_size', batch_size, low=1, optional=True)
     kind = self.kind
@@ -378,8 +383,15 @@ class Pipeline:
       sampler = sampler if sampler is not None else (s.edit_sampler or None)
       if num_steps is None and s.edit_num_steps:
         num_steps = min(s.edit_num_steps, self.config.diffusion.num_timesteps)
-      jumps = s.edit_jumps if jumps is None else jumps
+      if reconstruction is None and not conditioned and not kind.text:
+        reconstruction = float(s.edit_reconstruction)
+      if jumps is None:
+        jumps = 0 if reconstruction else s.edit_jumps
+    elif reconstruction:
+      raise UserError('reconstruction guidance needs a mask or outpaint '
+                      'margins')
     jumps = jumps or 0
+    reconstruction = reconstruction or 0.0
     smp = self.sampler(sampler, num_steps, **sampler_options)  # checks them all
     name = smp.name
     problem = sampling.repaint_problem(
@@ -407,7 +419,7 @@ class Pipeline:
     batch = self._fitting_batch(
         shape, min(num, batch_size or self._default_batch(shape)),
         batch_size is not None, guided, -(-smp.num_steps // capture_every) + 1
-        if capture_every else 0)
+        if capture_every else 0, reconstruction > 0)
     if noise is not None:   # diffusers' latents=: the same start, the same images
       noise = np.asarray(noise, np.float32)
       if noise.shape != (num,) + tuple(shape):
@@ -419,7 +431,7 @@ class Pipeline:
                ('paste_known', bool(paste_known)),
                ('options', tuple(sorted(sampler_options.items()))),
                ('capture_every', capture_every), ('strength', strength),
-               ('jumps', jumps))
+               ('jumps', jumps), ('reconstruction', float(reconstruction)))
     return SampleRequest(num, seed, fn_args, y, y_null,
                          float(guidance_scale) if guided else None,
                          x_init, m, batch, noise)
@@ -437,7 +449,7 @@ class Pipeline:
           self.apply, smp, (batch,) + tuple(a['shape']), self.mesh,
           a['capture_every'], strength=a['strength'], jumps=a['jumps'],
           codec=self.codec, paste_known=a['paste_known'],
-          **self._scan_options())
+          reconstruction=a['reconstruction'], **self._scan_options())
     return self._cache[key]
 
   def run(self, req: SampleRequest, *, progress: bool = False
@@ -519,7 +531,9 @@ class Pipeline:
     is generated, so the images come out at the canvas size. Inpainting and
     outpainting take the sampler, step count and jumps they are not given
     from the config's sampling.edit_* (docs/results/editing.md). With no
-    labels (or prompt) an edit is unconditional: the null condition. A latent model
+    labels (or prompt) an edit is unconditional: the null condition, with
+    reconstruction guidance (`reconstruction=` weight, default the config's
+    sampling.edit_reconstruction; jumps then default to 0). A latent model
     takes the same arguments: the scan runs on latents and is decoded; with
     a mask (or outpaint), `paste_known=False` keeps the decoder's pixels
     where the image was known instead of putting the originals back.

@@ -136,6 +136,31 @@ def guided_eps_fn(apply: Callable, params, y_B: jax.Array | None,
   return eps_fn
 
 
+def reconstruction_eps_fn(eps_fn: EpsFn, sampler: Sampler, known_x0: jax.Array,
+                          known_mask: jax.Array, weight: float) -> EpsFn:
+  """Reconstruction guidance (Ho et al., 2022, "Video Diffusion Models",
+  eq. 7): the model's x̂0 is moved down the gradient of its squared error on
+  the known pixels, x̃0 = x̂0 − (w √ᾱ / 2) ∇_x ‖(1 − mask)(x0 − x̂0)‖², and
+  returned as ε. It makes the generated part agree with the known part,
+  where replacing the known pixels alone only shows them to the model."""
+  t_grid = jnp.asarray(sampler.timesteps, jnp.float32)
+  sch = sampler.schedule   # √ᾱ and √(1−ᾱ) as tabled (precise near t = 0)
+  keep = 1.0 - known_mask
+
+  def fn(x, t):
+    at = lambda a: jnp.interp(t.astype(jnp.float32), t_grid, a).reshape(
+        (-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+    a, s = at(sch.sqrt_alphas_cumprod), at(sch.sqrt_one_minus_alphas_cumprod)
+
+    def error(x):
+      eps = eps_fn(x, t)
+      return jnp.sum(jnp.square(keep * (known_x0 - (x - s * eps) / a))), eps
+    grad, eps = jax.grad(error, has_aux=True)(x)
+    # x̃0 = x̂0 − d with d = (w √ᾱ / 2) ∇  ⇔  ε̃ = ε̂ + √ᾱ d / √(1−ᾱ)
+    return eps + (0.5 * weight) * jnp.square(a) / s * grad
+  return fn
+
+
 class Codec(NamedTuple):
   """A latent model's way between pixels and the space it denoises:
   encode(params, x_BHWC) -> z, decode(params, z) -> x_BHWC, and the factor f
@@ -159,7 +184,8 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
                    strength: float | None = None, jumps: int = 0,
                    codec: Codec | None = None, paste_known: bool = True,
                    condition: Callable | None = None,
-                   unet_takes_mask: bool = False) -> Callable:
+                   unet_takes_mask: bool = False,
+                   reconstruction: float = 0.0) -> Callable:
   """jit(fn)(params, key, y=None, scale=None, x_init=None, mask=None,
   y_null=None, noise=None) -> (x0, frames).
 
@@ -231,6 +257,9 @@ def make_sample_fn(apply: Callable, sampler: Sampler,
     if batch_spec is not None:
       noise = jax.lax.with_sharding_constraint(noise, batch_spec)
     eps_fn = guided_eps_fn(unet, params, y, scale, y_null)
+    if reconstruction and mask is not None:
+      eps_fn = reconstruction_eps_fn(eps_fn, sampler, x_init, mask,
+                                     reconstruction)
     if start is None:
       x_T = noise * sampler.init_noise_scale
     elif start < 0:

@@ -9,7 +9,7 @@ the real reference for FD.
 
 Stages (each appends one JSON line per run to --out, with CPU, JAX, date):
 - `sweep`: the right-half mask, every sampler × --steps × --jumps (RePaint
-  resamplings per 10-step block), with the true label (at the config's
+  resamplings per 10-step block) × --reconstruction (guidance weight), with the true label (at the config's
   guidance scale) and unconditional (the null label);
 - `masks`: the --runs settings on every mask: right half, bottom half, a
   centre square (14×14), random strokes (three 4-px segments per image,
@@ -53,8 +53,11 @@ _STAGE = flags.DEFINE_enum('stage', 'sweep', ['sweep', 'masks', 'img2img'],
 _STEPS = flags.DEFINE_list('steps', ['10', '20', '50'], 'Step counts (sweep).')
 _JUMPS = flags.DEFINE_list('jumps', ['0', '3'], 'RePaint jumps (sweep).')
 _SAMPLERS = flags.DEFINE_list('samplers', None, 'Samplers (sweep; default: all).')
+_RECON = flags.DEFINE_list('reconstruction', ['0'], 'Reconstruction guidance '
+                           'weights (sweep; 0: off).')
 _RUNS = flags.DEFINE_list('runs', ['dpm++2m:20:0', 'ddpm:50:3'],
-                          'sampler:steps:jumps settings (masks, img2img).')
+                          'sampler:steps:jumps[:reconstruction] settings '
+                          '(masks, img2img).')
 _STRENGTHS = flags.DEFINE_list('strengths', ['0.3', '0.5', '0.7', '0.9'],
                                'img2img strengths.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed of every run.')
@@ -133,7 +136,8 @@ def _pad(a: np.ndarray, p: int, value: float) -> np.ndarray:
 
 
 def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
-             steps: int, jumps: int, out: str) -> None:
+             steps: int, jumps: int, out: str, reconstruction: float = 0.0
+             ) -> None:
   x, y = judge.x, judge.y
   p = (pipe.image_shape[0] - SIZE) // 2
   if mask_name == 'outpaint':
@@ -143,12 +147,14 @@ def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
   else:
     kw = dict(init_image=_pad(x, p, -1.0), mask=_pad(mask, p, 0.0))
   row = dict(head, stage=_STAGE.value, mask=mask_name, sampler=sampler,
-             steps=steps, jumps=jumps, num=len(x), workdir=_WORKDIR.value)
+             steps=steps, jumps=jumps, reconstruction=reconstruction,
+             num=len(x), workdir=_WORKDIR.value)
   real_seam = seam(x, mask)
   for cond in ('label', 'uncond'):
     labels = y if cond == 'label' else None
     edits, first, per = timed(pipe, len(x), _BATCH.value, sampler=sampler,
-                              num_steps=steps, jumps=jumps, labels=labels, **kw)
+                              num_steps=steps, jumps=jumps, labels=labels,
+                              reconstruction=reconstruction, **kw)
     edits = edits[:, p:p + SIZE, p:p + SIZE]
     acc, fd = judge.score(edits)
     row.update({f'acc_{cond}': acc, f'fd_{cond}': fd,
@@ -181,9 +187,10 @@ def _runs(values):
   out = []
   for v in values:
     parts = v.split(':')
-    if len(parts) != 3:
-      common.fail(f'--runs takes sampler:steps:jumps, got {v}')
-    out.append((parts[0], int(parts[1]), int(parts[2])))
+    if len(parts) not in (3, 4):
+      common.fail(f'--runs takes sampler:steps:jumps[:reconstruction], got {v}')
+    out.append((parts[0], int(parts[1]), int(parts[2]),
+                float(parts[3]) if len(parts) == 4 else 0.0))
   return out
 
 
@@ -191,11 +198,12 @@ def print_tables(path: str) -> None:
   rows = [json.loads(l) for l in open(path)]
   edit = [r for r in rows if r['stage'] != 'img2img']
   if edit:
-    print('| mask | sampler | steps | jumps | acc. label / uncond | FD label / uncond '
-          '| seam label / uncond | s/image label / uncond |')
-    print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+    print('| mask | sampler | steps | jumps | recon. | acc. label / uncond '
+          '| FD label / uncond | seam label / uncond | s/image label / uncond |')
+    print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
     for r in edit:
       print(f"| {r['mask']} | {r['sampler']} | {r['steps']} | {r['jumps']} | "
+            f"{r.get('reconstruction', 0):g} | "
             f"{r['acc_label']:.3f} / {r['acc_uncond']:.3f} | "
             f"{r['fd_label']:.1f} / {r['fd_uncond']:.1f} | "
             f"{r['seam_label']:.2f} / {r['seam_uncond']:.2f} | "
@@ -235,15 +243,17 @@ def main() -> None:
         for jumps in map(int, _JUMPS.value):
           if jumps and steps <= 10:
             continue   # one 10-step block: RePaint never jumps
-          edit_run(pipe, judge, head, 'right', m, name, steps, jumps, _OUT.value)
+          for w in map(float, _RECON.value):
+            edit_run(pipe, judge, head, 'right', m, name, steps, jumps,
+                     _OUT.value, w)
   elif _STAGE.value == 'masks':
     all_masks = masks(len(judge.x), _SEED.value)
-    for sampler, steps, jumps in _runs(_RUNS.value):
+    for sampler, steps, jumps, w in _runs(_RUNS.value):
       for name in ('right', 'bottom', 'centre', 'strokes', 'outpaint'):
         edit_run(pipe, judge, head, name, all_masks.get(name), sampler, steps,
-                 jumps, _OUT.value)
+                 jumps, _OUT.value, w)
   else:
-    for sampler, steps, _ in _runs(_RUNS.value):
+    for sampler, steps, _, _ in _runs(_RUNS.value):
       for strength in map(float, _STRENGTHS.value):
         img2img_run(pipe, judge, head, sampler, steps, strength, _OUT.value)
 

@@ -243,7 +243,8 @@ _WRONG = [  # (argument, a wrong type, a wrong value) of Pipeline.sample
     ('spacing', 1, 'karas'), ('jumps', 1.5, -1), ('capture_every', 1.5, -1),
     ('batch_size', 1.5, 0), ('paste_known', 'yes', None),
     ('return_frames', 1, None), ('init_image', 'digit.png', np.full((8, 8), 2.0)),
-    ('mask', 'mask.png', -np.ones((8, 8)))]
+    ('mask', 'mask.png', -np.ones((8, 8))),
+    ('reconstruction', 'x', -1.0)]
 
 
 @pytest.mark.parametrize('name, wrong_type, wrong_value', _WRONG,
@@ -254,7 +255,7 @@ def test_every_argument_is_checked_by_type_and_range(cond_config, name, wrong_ty
   base = dict(num=2, sampler='ddim', num_steps=2)
   if name in ('strength', 'init_image'):
     base.update(init_image=np.zeros((8, 8, 1), np.float32), strength=0.5)
-  if name in ('mask', 'jumps', 'paste_known'):
+  if name in ('mask', 'jumps', 'paste_known', 'reconstruction'):
     base.update(init_image=np.zeros((8, 8, 1), np.float32),
                 mask=np.ones((8, 8, 1), np.float32))
   if name == 'labels':
@@ -317,13 +318,72 @@ def test_edits_take_the_editing_defaults_and_the_null_label(cond_config):
   x = np.zeros((8, 8, 1), np.float32)
   mask = np.zeros((8, 8, 1), np.float32)
   mask[:, 4:] = 1
-  req = pipe.request(4, 0, init_image=x, mask=mask)
+  req = pipe.request(4, 0, init_image=x, mask=mask)   # unconditional
   a = dict(req.fn_args)
-  assert (a['sampler'], a['num_steps'], a['jumps']) == (
-      s.edit_sampler, s.edit_num_steps, s.edit_jumps) == ('euler_a', 20, 3)
+  assert (a['sampler'], a['num_steps'], a['jumps'], a['reconstruction']) == (
+      s.edit_sampler, s.edit_num_steps, 0, s.edit_reconstruction) == (
+          'euler_a', 20, 0, 20.0)
   assert (req.y == pipe.num_classes).all() and req.scale is None
+  a = dict(pipe.request(4, 0, init_image=x, mask=mask, labels=[1]).fn_args)
+  assert (a['sampler'], a['num_steps'], a['jumps'], a['reconstruction']) == (
+      'euler_a', 20, s.edit_jumps, 0.0) and s.edit_jumps == 3
+  a = dict(pipe.request(4, 0, init_image=x, mask=mask, reconstruction=0).fn_args)
+  assert (a['jumps'], a['reconstruction']) == (3, 0.0)
   a = dict(pipe.request(4, 0, init_image=x, mask=mask, sampler='ddim',
                         jumps=0).fn_args)
   assert (a['sampler'], a['num_steps'], a['jumps']) == ('ddim', 20, 0)
   a = dict(pipe.request(4, 0, init_image=x, strength=0.5).fn_args)  # img2img: plain
-  assert (a['sampler'], a['jumps']) == (s.sampler, 0)
+  assert (a['sampler'], a['jumps'], a['reconstruction']) == (s.sampler, 0, 0.0)
+  with pytest.raises(UserError, match='^reconstruction guidance needs a mask'):
+    pipe.request(4, 0, init_image=x, strength=0.5, reconstruction=5.0)
+
+
+def test_reconstruction_guidance_equals_its_float64_formula():
+  """ε̃ = ε + ᾱ/(2√(1−ᾱ)) w ∇ₓ‖(1−m)(x₀ − x̂₀)‖² for a linear ε model, whose
+  gradient is known in closed form, at every grid timestep of a sampler
+  (its schedule is float32: the reference takes the same √ᾱ, √(1−ᾱ))."""
+  import jax.numpy as jnp
+  from ddpm_jax import samplers, schedules, sampling
+  jax.config.update('jax_enable_x64', True)
+  try:
+    smp = samplers.make_sampler('ddim', schedules.get_betas('linear', 100), 10)
+    rng = np.random.default_rng(0)
+    A = rng.normal(0, 0.1, (12, 12))
+    eps_fn = lambda x, t: (x.reshape(2, 12) @ A.T).reshape(x.shape)
+    x0 = rng.normal(size=(2, 3, 4, 1))
+    mask = (rng.uniform(size=(2, 3, 4, 1)) < 0.5).astype(np.float64)
+    fn = sampling.reconstruction_eps_fn(eps_fn, smp, jnp.asarray(x0),
+                                        jnp.asarray(mask), 7.0)
+    for i, t in enumerate(smp.timesteps):   # the schedule's own √ᾱ, √(1−ᾱ)
+      a = float(smp.schedule.sqrt_alphas_cumprod[i])
+      s = float(smp.schedule.sqrt_one_minus_alphas_cumprod[i])
+      x = rng.normal(size=(2, 3, 4, 1))
+      eps = eps_fn(x, None)
+      x0_hat = (x - s * eps) / a
+      r = ((1 - mask) * (x0 - x0_hat)).reshape(2, 12)
+      # d x̂0 / d x = (I − √(1−ᾱ) A) / √ᾱ ; ∇ = −2 (d x̂0/dx)ᵀ r
+      J = (np.eye(12) - s * A) / a
+      grad = (-2 * r @ J).reshape(x.shape)
+      want = eps + a * a / (2 * s) * 7.0 * grad
+      got = fn(jnp.asarray(x), jnp.full((2,), t))
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-12)
+  finally:
+    jax.config.update('jax_enable_x64', False)
+
+
+def test_reconstruction_guidance_keeps_the_known_pixels_and_steers_the_rest(
+    tiny_config):
+  pipe = _pipeline(tiny_config)
+  x = np.random.default_rng(1).uniform(-1, 1, (8, 8, 1)).astype(np.float32)
+  mask = np.zeros((8, 8, 1), np.float32)
+  mask[:, 4:] = 1.0
+  known = mask[..., 0] == 0
+  for sampler in ('euler_a', 'ddim'):
+    kw = dict(num=3, seed=0, sampler=sampler, num_steps=10, init_image=x,
+              mask=mask)
+    plain = pipe.sample(reconstruction=0.0, **kw)
+    guided = pipe.sample(reconstruction=20.0, **kw)
+    np.testing.assert_array_equal(guided[:, known],
+                                  np.broadcast_to(x, guided.shape)[:, known])
+    assert np.all(np.isfinite(guided))
+    assert not np.allclose(guided[:, ~known], plain[:, ~known])

@@ -20,8 +20,9 @@ input images and masks are at its pixel size (32x32 for MNIST). So does an
 imported Stable Diffusion workdir (docs/stable_diffusion.md), with --prompt,
 --negative-prompt, --sampler ddim|euler|euler_a|dpm++2m|heun [--spacing
 karras], --height/--width and --vae DIR. Inpainting and outpainting use the
-config's editing defaults (euler_a, 20 steps, 3 jumps) unless told; an edit
-without --label is unconditional and writes 16 images unless --num says.
+config's editing defaults unless told: euler_a, 20 steps, and 3 jumps with
+--label, or reconstruction guidance of weight 20 without (unconditional).
+An edit writes 16 images unless --num says.
 
 Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
 <stem>.npy, with --gif an animation of the reverse process as <stem>.gif.
@@ -87,6 +88,11 @@ _JUMPS = flags.DEFINE_integer('jumps', None, 'Inpainting and outpainting: '
                               'RePaint resamplings per 10-step block (any '
                               "sampler; default: the config's sampling.edit).")
 
+_RECONSTRUCTION = flags.DEFINE_float(
+    'reconstruction', None, 'Inpainting and outpainting: reconstruction '
+    'guidance weight (0: off; default: the config\'s '
+    'sampling.edit_reconstruction without --label, else 0).')
+
 
 def _labels() -> list[str] | None:
   """Class ids or names, as given (the pipeline resolves them)."""
@@ -139,7 +145,8 @@ def main() -> None:
       negative_prompt=_NEGATIVE.value, init_image=_INIT.value, mask=_MASK.value,
       sampler=_SAMPLER.value, num_steps=_STEPS.value,
       guidance_scale=_GUIDANCE.value, strength=_STRENGTH.value,
-      outpaint=_margins(), jumps=_JUMPS.value, batch_size=_BATCH.value,
+      outpaint=_margins(), jumps=_JUMPS.value,
+      reconstruction=_RECONSTRUCTION.value, batch_size=_BATCH.value,
       height=_HEIGHT.value, width=_WIDTH.value, vae=_VAE.value,
       overwrite=_OVERWRITE.value, **options)
   print('wrote ' + ', '.join(paths))
@@ -152,7 +159,8 @@ SPELLINGS = {'num': '--num', 'seed': '--seed',
              'guidance_scale': '--guidance-scale', 'jumps': '--jumps',
              'negative_prompt': '--negative-prompt', 'strength': '--strength',
              'outpaint': '--outpaint', 'eta': '--eta', 'height': '--height',
-             'width': '--width', 'vae': '--vae'}
+             'width': '--width', 'vae': '--vae',
+             'reconstruction': '--reconstruction'}
 
 
 def run() -> None:
