@@ -57,3 +57,14 @@ def test_seed_and_folder_captions_are_checked(tiny_config):
   c.model.text_conditional, c.model.cross_attn_resolutions = True, (4,)
   with pytest.raises(config_lib.ConfigError, match="data.captions='folder' goes with"):
     config_lib.validate(c)
+
+
+def test_editing_defaults_are_checked(tiny_config):
+  import pytest
+  for value in (-1.0, float('nan'), float('inf')):
+    tiny_config.sampling.edit_reconstruction = value
+    with pytest.raises(config_lib.ConfigError,
+                       match='sampling.edit_reconstruction must be a finite'):
+      config_lib.validate(tiny_config)
+  tiny_config.sampling.edit_reconstruction = 0.0
+  config_lib.validate(tiny_config)
