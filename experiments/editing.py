@@ -15,7 +15,12 @@ Stages (each appends one JSON line per run to --out, with CPU, JAX, date):
   centre square (14×14), random strokes (three 4-px segments per image,
   seeded), and outpainting (the digit's centre 16×16, margins 6 on each side
   back to 28×28);
-- `img2img`: a strength sweep with the --runs settings.
+- `img2img`: a strength sweep with the --runs settings;
+- `ceiling` (no model): how far the known pixels determine the digit. A
+  Gaussian-kernel posterior p(y | known pixels) over the 4,000 training
+  digits (bandwidth by leave-one-out log-likelihood) gives E[p(true label |
+  known)] on the edited digits: the identity rate of an ideal unconditional
+  completion, which draws the class from that posterior.
 Per run: `acc_label` / `acc_uncond`: the judge's accuracy with respect to the
 true label; `fd`: LeNet FD of the edits against the reference digits;
 `seam`: the mean squared difference across the mask boundary (pixel pairs
@@ -48,7 +53,7 @@ _WORKDIR = flags.DEFINE_string('workdir', '/tmp/edit/mnist_heldout',
                                'A workdir trained with data.split=train_minus_heldout.')
 _NUM = flags.DEFINE_integer('num', 200, 'Held-out digits edited per run.')
 _BATCH = flags.DEFINE_integer('batch', 100, 'Images per sampling call.')
-_STAGE = flags.DEFINE_enum('stage', 'sweep', ['sweep', 'masks', 'img2img'],
+_STAGE = flags.DEFINE_enum('stage', 'sweep', ['sweep', 'masks', 'img2img', 'ceiling'],
                            'What to run.')
 _STEPS = flags.DEFINE_list('steps', ['10', '20', '50'], 'Step counts (sweep).')
 _JUMPS = flags.DEFINE_list('jumps', ['0', '3'], 'RePaint jumps (sweep).')
@@ -183,6 +188,39 @@ def img2img_run(pipe, judge: Judge, head: dict, sampler: str, steps: int,
   common.append_jsonl(out, row)
 
 
+def ceiling_run(judge: Judge, head: dict, out: str) -> None:
+  from ddpm_jax.data import held_out_split, load_embedded_mnist
+  src = load_embedded_mnist()
+  train, _ = held_out_split(src.labels)
+  ref = src.images[train].astype(np.float64).reshape(len(train), SIZE, SIZE) / 255
+  ref_y = src.labels[train]
+  x = (judge.x[..., 0].astype(np.float64) + 1) / 2
+  sq = lambda a, b: np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None]
+                               - 2 * a @ b.T, 0)
+
+  def posterior(d, h):
+    w = np.exp(-(d - d.min(1, keepdims=True)) / (2 * h * h))
+    p = np.stack([(w * (ref_y == c)).sum(1) for c in range(10)], 1) + 1e-12
+    return p / p.sum(1, keepdims=True)
+  outpaint = np.ones((SIZE, SIZE), bool)
+  outpaint[6:22, 6:22] = False   # edit_run's outpainting keeps this centre
+  for name, m in [*masks(1).items(), ('outpaint', outpaint[None, ..., None])]:
+    if name == 'strokes':
+      continue   # a mask per digit: no common set of known pixels
+    known = m[0, ..., 0] == 0
+    a, b = ref[:, known], x[:, known]
+    d = sq(a, a)
+    np.fill_diagonal(d, np.inf)
+    loo = lambda h: np.log(posterior(d, h)[np.arange(len(a)), ref_y]).mean()
+    h = max((0.5, 0.75, 1.0, 1.5, 2.0, 3.0), key=loo)
+    p = posterior(sq(b, a), h)
+    row = dict(head, stage='ceiling', mask=name, num=len(x), bandwidth=h,
+               expected_p_true=float(p[np.arange(len(x)), judge.y].mean()),
+               argmax_acc=float((p.argmax(1) == judge.y).mean()))
+    print(json.dumps(row), flush=True)
+    common.append_jsonl(out, row)
+
+
 def _runs(values):
   out = []
   for v in values:
@@ -196,7 +234,7 @@ def _runs(values):
 
 def print_tables(path: str) -> None:
   rows = [json.loads(l) for l in open(path)]
-  edit = [r for r in rows if r['stage'] != 'img2img']
+  edit = [r for r in rows if r['stage'] in ('sweep', 'masks')]
   if edit:
     print('| mask | sampler | steps | jumps | recon. | acc. label / uncond '
           '| FD label / uncond | seam label / uncond | s/image label / uncond |')
@@ -219,6 +257,14 @@ def print_tables(path: str) -> None:
             f"{r['fd_label']:.1f} / {r['fd_uncond']:.1f} | "
             f"{r['change_label']:.3f} / {r['change_uncond']:.3f} | "
             f"{r['s_per_image_label']:.3f} / {r['s_per_image_uncond']:.3f} |")
+  ceil = [r for r in rows if r['stage'] == 'ceiling']
+  if ceil:
+    print('\n| known part of | E[p(true label given the known pixels)] | '
+          'its argmax accuracy | bandwidth |')
+    print('| --- | --- | --- | --- |')
+    for r in ceil:
+      print(f"| {r['mask']} mask | {r['expected_p_true']:.3f} | "
+            f"{r['argmax_acc']:.3f} | {r['bandwidth']:g} |")
 
 
 def main() -> None:
@@ -235,7 +281,9 @@ def main() -> None:
           f'{pipe.config.data.split}: the edited digits are in its training set')
   judge = Judge(_NUM.value)
   head = common.header()
-  if _STAGE.value == 'sweep':
+  if _STAGE.value == 'ceiling':
+    ceiling_run(judge, head, _OUT.value)
+  elif _STAGE.value == 'sweep':
     m = masks(len(judge.x))['right']
     from ddpm_jax import options
     for name in _SAMPLERS.value or options.SAMPLERS:
