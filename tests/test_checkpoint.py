@@ -50,35 +50,51 @@ def _logged_losses(workdir):
     return [(r['step'], r['loss']) for r in map(json.loads, f)]
 
 
-def test_resume_continues_the_same_run(tiny_config, tmp_path):
+@pytest.fixture(scope='module')
+def two_checkpoints(tmp_path_factory):
+  """A tiny run (6 steps, each logged) with checkpoints at steps 3 and 6;
+  the tests that change it work on a copy."""
+  from ddpm_jax.config import load_config_file
+  from conftest import REPO
+  c = load_config_file(os.path.join(REPO, 'configs', 'tiny.py'))
+  c.training.checkpoint_every = 3
+  c.training.log_every = 1
+  wd = tmp_path_factory.mktemp('two_checkpoints') / 'wd'
+  loop.train(c, str(wd), progress=False)
+  return wd
+
+
+def test_resume_continues_the_same_run(tiny_config, tmp_path, two_checkpoints):
   tiny_config.training.log_every = 1
-  loop.train(tiny_config, str(tmp_path / 'full'), progress=False)
+  full = two_checkpoints   # tiny_config, log_every 1, in one run
   tiny_config.training.num_steps = 3
   loop.train(tiny_config, str(tmp_path / 'split'), progress=False)
   tiny_config.training.num_steps = 6
   loop.train(tiny_config, str(tmp_path / 'split'), progress=False)
-  split, full = _logged_losses(tmp_path / 'split'), _logged_losses(tmp_path / 'full')
-  assert [s for s, _ in split] == [s for s, _ in full] == [1, 2, 3, 4, 5, 6]
-  np.testing.assert_allclose([l for _, l in split], [l for _, l in full], rtol=1e-6)
-  a = load(str(tmp_path / 'full'), use_ema=False)
+  split, full_losses = _logged_losses(tmp_path / 'split'), _logged_losses(full)
+  assert [s for s, _ in split] == [s for s, _ in full_losses] == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([l for _, l in split], [l for _, l in full_losses],
+                             rtol=1e-6)
+  a = load(str(full), use_ema=False)
   b = load(str(tmp_path / 'split'), use_ema=False)
   assert a.step == b.step == 6
   chex.assert_trees_all_close(jax.device_get(a.params), jax.device_get(b.params),
                               rtol=1e-6, atol=1e-7)
   # keep-last-K: tiny keeps 2 of the checkpoints at 3 and 6
-  assert sorted(os.listdir(tmp_path / 'full' / 'checkpoints')) == ['3', '6']
+  assert sorted(os.listdir(full / 'checkpoints')) == ['3', '6']
 
 
-def test_load_and_sample_in_three_lines(tiny_config, tmp_path):
-  loop.train(tiny_config, str(tmp_path), progress=False)
-  pipe = load(str(tmp_path))
+def test_load_and_sample_in_three_lines(two_checkpoints):
+  pipe = load(str(two_checkpoints))   # a tiny_config run
   x = pipe.sample(num=3, seed=0)
   assert x.shape == (3, 8, 8, 1) and np.isfinite(x).all()
   np.testing.assert_array_equal(x, pipe.sample(num=3, seed=0))
 
 
-def test_other_model_config_is_refused(tiny_config, tmp_path):
-  loop.train(tiny_config, str(tmp_path), progress=False)
+def test_other_model_config_is_refused(tiny_config, tmp_path, two_checkpoints):
+  import shutil
+  tmp_path = tmp_path / 'wd'
+  shutil.copytree(two_checkpoints, tmp_path)   # a tiny_config run
   before = sorted(glob.glob(str(tmp_path / '**'), recursive=True))
   tiny_config.model.ch = 16
   tiny_config.training.num_steps = 12
@@ -112,18 +128,6 @@ def test_missing_checkpoints(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ckpt_lib.CheckpointError, match='no checkpoint'):
     load(str(tmp_path / 'empty'))
-
-
-@pytest.fixture(scope='module')
-def two_checkpoints(tmp_path_factory):
-  """A tiny run with checkpoints at steps 3 and 6."""
-  from ddpm_jax.config import load_config_file
-  from conftest import REPO
-  c = load_config_file(os.path.join(REPO, 'configs', 'tiny.py'))
-  c.training.checkpoint_every = 3
-  wd = tmp_path_factory.mktemp('two_checkpoints') / 'wd'
-  loop.train(c, str(wd), progress=False)
-  return wd
 
 
 # pytest's own unraisable hook (in place of the default one the settle step
