@@ -40,7 +40,7 @@ def tiny_config():
   return load_config_file(os.path.join(REPO, 'configs', 'tiny.py'))
 
 
-def zero_one_classifier(images_N88: "np.ndarray", labels_N: "np.ndarray"):
+def zero_one_classifier(images_N88, labels_N):
   """A logistic-regression 0-vs-1 classifier of real 8x8 images in [-1, 1]
   (the trained-model tests' judge): checked on its training images, it
   returns classify(x_N88C) -> 0/1 per image."""

@@ -1,6 +1,5 @@
 """Captions from labels: both languages, held-out templates never trained on."""
 
-import numpy as np
 import pytest
 
 from ddpm_jax import captions, tokenizer

@@ -82,7 +82,6 @@ def test_non_finite_batch_leaves_state_unchanged(tiny_config):
 
 
 def test_warmup_learning_rate(tiny_config):
-  import optax
   tx = step_lib.make_optimizer(tiny_config.training)
   p = {'w': np.ones(3, np.float32)}
   s = tx.init(p)
