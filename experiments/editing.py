@@ -149,8 +149,10 @@ def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
     kw = dict(init_image=x[:, 6:22, 6:22], outpaint=(6 + p,) * 4)
     mask = np.ones_like(x)
     mask[:, 6:22, 6:22] = 0
-  else:
-    kw = dict(init_image=_pad(x, p, -1.0), mask=_pad(mask, p, 0.0))
+  else:   # the regenerated part blacked out: a latent model encodes the
+    # whole init image, and its known latents would carry what is hidden
+    kw = dict(init_image=_pad(np.where(mask > 0, -1.0, x), p, -1.0),
+              mask=_pad(mask, p, 0.0))
   row = dict(head, stage=_STAGE.value, mask=mask_name, sampler=sampler,
              steps=steps, jumps=jumps, reconstruction=reconstruction,
              num=len(x), workdir=_WORKDIR.value)
