@@ -149,8 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.edit_sampler = 'euler_a'
   c.sampling.edit_num_steps = 20
   c.sampling.edit_jumps = 3
-  # An edit without a label or prompt: reconstruction guidance of this
-  # weight instead of the jumps (0: off; see sampling.reconstruction_eps_fn).
+  # An edit of a pixel model without a label: reconstruction guidance of
+  # this weight instead of the jumps (0: off; sampling.reconstruction_eps_fn).
   c.sampling.edit_reconstruction = 20.0
   return c
 

@@ -383,7 +383,11 @@ class Pipeline:
       sampler = sampler if sampler is not None else (s.edit_sampler or None)
       if num_steps is None and s.edit_num_steps:
         num_steps = min(s.edit_num_steps, self.config.diffusion.num_timesteps)
-      if reconstruction is None and not conditioned and not kind.text:
+      # (not for latent models: their known latents are encoded from the
+      # whole image, and guidance toward them brings back what the mask
+      # hides; docs/results/editing.md)
+      if (reconstruction is None and not conditioned and not kind.text
+          and self.codec is None):
         reconstruction = float(s.edit_reconstruction)
       if jumps is None:
         jumps = 0 if reconstruction else s.edit_jumps
@@ -533,7 +537,8 @@ class Pipeline:
     from the config's sampling.edit_* (docs/results/editing.md). With no
     labels (or prompt) an edit is unconditional: the null condition, with
     reconstruction guidance (`reconstruction=` weight, default the config's
-    sampling.edit_reconstruction; jumps then default to 0). A latent model
+    sampling.edit_reconstruction for a pixel model; jumps then default to
+    0). A latent model
     takes the same arguments: the scan runs on latents and is decoded; with
     a mask (or outpaint), `paste_known=False` keeps the decoder's pixels
     where the image was known instead of putting the originals back.

@@ -127,6 +127,11 @@ def test_img2img_inpainting_and_outpainting_in_latent_space(trained):
   mask[:, 4:] = 1.0
   pasted = pipe.sample(num=2, init_image=x, mask=mask)
   np.testing.assert_array_equal(pasted[:, :, :4], np.broadcast_to(x, pasted.shape)[:, :, :4])
+  # a latent model's edit takes the jumps, not reconstruction guidance
+  a = dict(pipe.request(2, init_image=x, mask=mask).fn_args)
+  assert (a['jumps'], a['reconstruction']) == (pipe.config.sampling.edit_jumps, 0.0)
+  guided = pipe.sample(num=2, init_image=x, mask=mask, reconstruction=5.0)
+  np.testing.assert_array_equal(guided[:, :, :4], pasted[:, :, :4])
   decoded = pipe.sample(num=2, init_image=x, mask=mask, paste_known=False)
   assert not np.array_equal(decoded[:, :, :4], pasted[:, :, :4])
   np.testing.assert_array_equal(decoded[:, :, 4:], pasted[:, :, 4:])

@@ -21,7 +21,7 @@ imported Stable Diffusion workdir (docs/stable_diffusion.md), with --prompt,
 --negative-prompt, --sampler ddim|euler|euler_a|dpm++2m|heun [--spacing
 karras], --height/--width and --vae DIR. Inpainting and outpainting use the
 config's editing defaults unless told: euler_a, 20 steps, and 3 jumps with
---label, or reconstruction guidance of weight 20 without (unconditional).
+--label, or (a pixel model) reconstruction guidance of weight 20 without.
 An edit writes 16 images unless --num says.
 
 Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
@@ -91,7 +91,7 @@ _JUMPS = flags.DEFINE_integer('jumps', None, 'Inpainting and outpainting: '
 _RECONSTRUCTION = flags.DEFINE_float(
     'reconstruction', None, 'Inpainting and outpainting: reconstruction '
     'guidance weight (0: off; default: the config\'s '
-    'sampling.edit_reconstruction without --label, else 0).')
+    'sampling.edit_reconstruction for a pixel model without --label, else 0).')
 
 
 def _labels() -> list[str] | None:
