@@ -10,7 +10,11 @@ from conftest import train_zero_one, untrained_pipeline
 from ddpm_jax.errors import UserError
 
 
-def _pipeline(config, wrap=None):
+def _pipeline(config, wrap=None, edit_reconstruction=0.0):
+  """An untrained pipeline; its unconditional edits skip reconstruction
+  guidance (a backward pass to compile) unless a test is about it."""
+  if edit_reconstruction is not None:
+    config.sampling.edit_reconstruction = edit_reconstruction
   return untrained_pipeline(config, lambda p: jax.tree.map(lambda v: v + 0.02, p),
                             wrap)
 
@@ -313,7 +317,7 @@ def test_edits_take_the_editing_defaults_and_the_null_label(cond_config):
   """Inpainting and outpainting take sampling.edit_* for what they are not
   given (docs/results/editing.md chose them); without labels an edit is
   unconditional, not a cycle of classes."""
-  pipe = _pipeline(cond_config)
+  pipe = _pipeline(cond_config, edit_reconstruction=None)
   s = cond_config.sampling
   x = np.zeros((8, 8, 1), np.float32)
   mask = np.zeros((8, 8, 1), np.float32)
