@@ -394,6 +394,9 @@ class Pipeline:
     elif reconstruction:
       raise UserError('reconstruction guidance needs a mask or outpaint '
                       'margins')
+    if reconstruction and self._scan_options().get('unet_takes_mask'):
+      raise UserError('reconstruction guidance does not apply to an '
+                      'inpainting UNet (it reads the mask itself)')
     jumps = jumps or 0
     reconstruction = reconstruction or 0.0
     smp = self.sampler(sampler, num_steps, **sampler_options)  # checks them all

@@ -111,6 +111,8 @@ def test_the_inpainting_unet_reads_the_mask(workdirs):
   assert err < 0.05, err
   x = pipe.sample(num=1, prompt='a', num_steps=2, sampler='ddim')   # plain generation
   assert x.shape == (1, 32, 32, 3)
+  with pytest.raises(UserError, match='does not apply to an inpainting UNet'):
+    pipe.request(1, prompt='a', init_image=img, mask=mask, reconstruction=5.0)
 
 
 def test_a_swapped_vae_decodes(workdirs):
