@@ -71,6 +71,7 @@ _TABLE = flags.DEFINE_string('table', None, 'Print the tables of this JSON-lines
                              'file and exit.')
 
 SIZE = 28
+CENTRE = slice(6, 22)   # outpainting keeps this 16x16 centre of each digit
 
 
 def masks(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -146,9 +147,9 @@ def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
   x, y = judge.x, judge.y
   p = (pipe.image_shape[0] - SIZE) // 2
   if mask_name == 'outpaint':
-    kw = dict(init_image=x[:, 6:22, 6:22], outpaint=(6 + p,) * 4)
+    kw = dict(init_image=x[:, CENTRE, CENTRE], outpaint=(CENTRE.start + p,) * 4)
     mask = np.ones_like(x)
-    mask[:, 6:22, 6:22] = 0
+    mask[:, CENTRE, CENTRE] = 0
   else:   # the regenerated part blacked out: a latent model encodes the
     # whole init image, and its known latents would carry what is hidden
     kw = dict(init_image=_pad(np.where(mask > 0, -1.0, x), p, -1.0),
@@ -205,7 +206,7 @@ def ceiling_run(judge: Judge, head: dict, out: str) -> None:
     p = np.stack([(w * (ref_y == c)).sum(1) for c in range(10)], 1) + 1e-12
     return p / p.sum(1, keepdims=True)
   outpaint = np.ones((SIZE, SIZE), bool)
-  outpaint[6:22, 6:22] = False   # edit_run's outpainting keeps this centre
+  outpaint[CENTRE, CENTRE] = False
   for name, m in [*masks(1).items(), ('outpaint', outpaint[None, ..., None])]:
     if name == 'strokes':
       continue   # a mask per digit: no common set of known pixels
@@ -234,6 +235,11 @@ def _runs(values):
   return out
 
 
+def _pair(r: dict, key: str, fmt: str) -> str:
+  """A row's label and unconditional figures of `key`, as "a / b"."""
+  return f"{r[key + '_label']:{fmt}} / {r[key + '_uncond']:{fmt}}"
+
+
 def print_tables(path: str) -> None:
   rows = [json.loads(l) for l in open(path)]
   edit = [r for r in rows if r['stage'] in ('sweep', 'masks')]
@@ -243,11 +249,9 @@ def print_tables(path: str) -> None:
     print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
     for r in edit:
       print(f"| {r['mask']} | {r['sampler']} | {r['steps']} | {r['jumps']} | "
-            f"{r.get('reconstruction', 0):g} | "
-            f"{r['acc_label']:.3f} / {r['acc_uncond']:.3f} | "
-            f"{r['fd_label']:.1f} / {r['fd_uncond']:.1f} | "
-            f"{r['seam_label']:.2f} / {r['seam_uncond']:.2f} | "
-            f"{r['s_per_image_label']:.3f} / {r['s_per_image_uncond']:.3f} |")
+            f"{r.get('reconstruction', 0):g} | {_pair(r, 'acc', '.3f')} | "
+            f"{_pair(r, 'fd', '.1f')} | {_pair(r, 'seam', '.2f')} | "
+            f"{_pair(r, 's_per_image', '.3f')} |")
   i2i = [r for r in rows if r['stage'] == 'img2img']
   if i2i:
     print('\n| sampler | steps | strength | acc. label / uncond | FD label / uncond '
@@ -255,10 +259,8 @@ def print_tables(path: str) -> None:
     print('| --- | --- | --- | --- | --- | --- | --- |')
     for r in i2i:
       print(f"| {r['sampler']} | {r['steps']} | {r['strength']} | "
-            f"{r['acc_label']:.3f} / {r['acc_uncond']:.3f} | "
-            f"{r['fd_label']:.1f} / {r['fd_uncond']:.1f} | "
-            f"{r['change_label']:.3f} / {r['change_uncond']:.3f} | "
-            f"{r['s_per_image_label']:.3f} / {r['s_per_image_uncond']:.3f} |")
+            f"{_pair(r, 'acc', '.3f')} | {_pair(r, 'fd', '.1f')} | "
+            f"{_pair(r, 'change', '.3f')} | {_pair(r, 's_per_image', '.3f')} |")
   ceil = [r for r in rows if r['stage'] == 'ceiling']
   if ceil:
     print('\n| known part of | E[p(true label given the known pixels)] | '
