@@ -152,6 +152,10 @@ def base_config() -> ml_collections.ConfigDict:
   # An edit of a pixel model without a label: reconstruction guidance of
   # this weight instead of the jumps (0: off; sampling.reconstruction_eps_fn).
   c.sampling.edit_reconstruction = 20.0
+  # An edit of a class-conditional pixel model without a label: complete
+  # once unconditionally, let the model classify the known pixels
+  # (Pipeline.infer_labels), complete again with those labels.
+  c.sampling.edit_infer_label = True
   return c
 
 
@@ -357,6 +361,8 @@ def validate(config, num_devices: int = 1) -> None:
                       '>= 0')
   if not 0.0 <= s.edit_reconstruction < float('inf'):
     raise ConfigError('sampling.edit_reconstruction must be a finite number >= 0')
+  if not isinstance(s.edit_infer_label, bool):
+    raise ConfigError('sampling.edit_infer_label must be True or False')
   _choice('sampling.spacing', s.spacing, options.SPACINGS)
   if not 0 <= s.num_steps <= config.diffusion.num_timesteps:
     raise ConfigError(f'sampling.num_steps={s.num_steps} must be in '

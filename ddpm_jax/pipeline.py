@@ -65,6 +65,9 @@ class SampleRequest:
   mask: np.ndarray | None
   batch: int
   noise: np.ndarray | None = None   # x_T (or img2img's noise) given by the caller
+  # An unlabeled edit that infers its labels: this request's completions
+  # give them (Pipeline.infer_labels), then `labelled` runs with them.
+  labelled: 'SampleRequest | None' = None
 
 
 @dataclasses.dataclass
@@ -313,7 +316,41 @@ class Pipeline:
            f"UNet's {f // self.codec.factor})")
     return sampling.outpaint_canvas(x, margins, f, why)
 
-  def request(self, num: int = 16, seed: int = 0, *, sampler: str | None = None,
+  def request(self, num: int = 16, seed: int = 0, *,
+              infer_label: bool | None = None, **kwargs) -> SampleRequest:
+    """Checks a sampling request (`sample`'s arguments) against the model
+    without touching its parameters. An edit of a class-conditional pixel
+    model without labels infers them (`infer_label`, default the config's
+    sampling.edit_infer_label): a first, unconditional pass completes the
+    images, the model classifies their known pixels (`infer_labels`) and a
+    second pass completes them with those labels, both checked here."""
+    req = self._checked(num, seed, **kwargs)
+    if not self._infers_label(infer_label, kwargs):
+      return req
+    return dataclasses.replace(
+        req, labelled=self._checked(num, seed, **{**kwargs, 'labels': 0}))
+
+  def _infers_label(self, infer_label, kwargs: dict) -> bool:
+    edit = kwargs.get('mask') is not None or kwargs.get('outpaint') is not None
+    given = kwargs.get('labels') is not None or kwargs.get('prompt') is not None
+    able = self.kind.classes and self.codec is None
+    if infer_label is None:
+      return bool(edit and not given and able
+                  and self.config.sampling.edit_infer_label)
+    if not checks.boolean('infer_label', infer_label):
+      return False
+    if not able:
+      raise UserError('infer_label needs a class-conditional pixel model; '
+                      'this one is ' + ('a latent model' if self.kind.classes
+                                        else 'not class-conditional'))
+    if not edit:
+      raise UserError('infer_label needs a mask or outpaint margins')
+    if given:
+      raise UserError('infer_label infers the labels: give labels or '
+                      'infer_label, not both')
+    return True
+
+  def _checked(self, num: int = 16, seed: int = 0, *, sampler: str | None = None,
               num_steps: int | None = None,
               labels: Sequence[int] | int | None = None,
               prompt: str | Sequence[str] | None = None,
@@ -325,8 +362,8 @@ class Pipeline:
               batch_size: int | None = None, noise=None,
               height: int | None = None, width: int | None = None,
               **sampler_options) -> SampleRequest:
-    """Checks a sampling request against the model without touching its
-    parameters; every check of `sample`'s arguments lives here."""
+    """`request` for one pass; every check of `sample`'s arguments lives
+    here."""
     num = checks.integer('num', num, low=1)
     seed = checks.integer('seed', seed)
     num_steps = checks.integer('num_steps', num_steps, low=1, optional=True)
@@ -463,9 +500,50 @@ class Pipeline:
           ) -> tuple[np.ndarray, np.ndarray | None]:
     """(images [num, H, W, C], frames or None) of a checked request, in
     batches of `req.batch`. Batch k > 0 uses the key fold_in(key(seed), k), so
-    the first batch equals a run of `batch` images with the same seed."""
+    the first batch equals a run of `batch` images with the same seed. A
+    request that infers its labels runs twice (`request`)."""
     if self.params is None:
       raise RuntimeError('Pipeline.run before restore(): no parameters')
+    if req.labelled is not None:
+      first, _ = self._run(req, progress)
+      labels = self.infer_labels(first, 1.0 - req.mask, req.seed, req.batch)
+      req = dataclasses.replace(req.labelled, y=labels.astype(np.int32))
+    return self._run(req, progress)
+
+  def infer_labels(self, x_BHWC, known_BHWC, seed: int = 0,
+                   batch_size: int | None = None) -> np.ndarray:
+    """The class each image's known pixels (known = 1) are most likely to
+    show, by the model itself: the lowest ε error on them over 10 noise
+    levels x 2 draws (`sampling.make_class_error_fn`). Given completed
+    images, the completion is the context of the known part; this is how an
+    unlabeled edit picks its labels (docs/results/editing.md)."""
+    if self.params is None:
+      raise RuntimeError('infer_labels before restore(): no parameters')
+    if not self.kind.classes:
+      raise UserError('infer_labels needs a class-conditional model')
+    x = np.asarray(x_BHWC, np.float32)
+    if x.ndim != 4 or x.shape[3] != self._scan_shape(self.image_shape)[2]:
+      raise UserError(f'x_BHWC has shape {x.shape}; this model takes [B, H, W, '
+                      f'{self._scan_shape(self.image_shape)[2]}]')
+    known = np.broadcast_to(np.asarray(known_BHWC, np.float32),
+                            x.shape[:3] + (np.shape(known_BHWC)[-1],))
+    batch = checks.integer('batch_size', batch_size, low=1, optional=True) or len(x)
+    if 'class_errors' not in self._cache:
+      self._cache['class_errors'] = sampling.make_class_error_fn(
+          self.apply, builders.schedule_from_config(self.config),
+          self.num_classes)
+    fn = self._cache['class_errors']
+    key = jax.random.fold_in(sampling.seed_key(seed), 0x6c61)   # not the sampler's
+    errs = []
+    for k, i in enumerate(range(0, len(x), batch)):
+      n = min(batch, len(x) - i)
+      errs.append(np.asarray(fn(self.params, jax.random.fold_in(key, k),
+                                _pad_to(x[i:i + n], batch),
+                                _pad_to(known[i:i + n], batch)))[:n])
+    return np.concatenate(errs).argmin(1)
+
+  def _run(self, req: SampleRequest, progress: bool
+           ) -> tuple[np.ndarray, np.ndarray | None]:
     scale = None if req.scale is None else jnp.float32(req.scale)
     root = sampling.seed_key(req.seed)
     xs, frames = [], []
@@ -541,7 +619,9 @@ class Pipeline:
     labels (or prompt) an edit is unconditional: the null condition, with
     reconstruction guidance (`reconstruction=` weight, default the config's
     sampling.edit_reconstruction for a pixel model; jumps then default to
-    0). A latent model
+    0); a class-conditional pixel model then infers the labels from the
+    known pixels and completes again with them (`infer_label=`, default
+    sampling.edit_infer_label; see `request`). A latent model
     takes the same arguments: the scan runs on latents and is decoded; with
     a mask (or outpaint), `paste_known=False` keeps the decoder's pixels
     where the image was known instead of putting the originals back.
@@ -672,8 +752,8 @@ def write_samples(workdir: str, out: str, *, num: int | None = None,
                   vae: str | None = None, **sample_kwargs) -> list[str]:
   """Samples `num` images (default 64; an edit of `init_image`: EDIT_NUM)
   into the PNG grid `out` (a class-conditional model: `labels` default to
-  every class in turn, as in the training grid, but an edit is unconditional
-  unless labels are given; a
+  every class in turn, as in the training grid, but an edit without labels
+  starts unconditional and infers them, as `Pipeline.sample`; a
   text model: `prompt=` one or a list, one grid row each; no prompt:
   unconditional; `guidance_scale` as in `Pipeline.sample`); with `npy`, the
   raw samples in [-1, 1] into <stem>.npy; with `gif`, the reverse process

@@ -161,6 +161,37 @@ def reconstruction_eps_fn(eps_fn: EpsFn, sampler: Sampler, known_x0: jax.Array,
   return fn
 
 
+def make_class_error_fn(apply: Callable, schedule: Schedule, num_classes: int,
+                        num_levels: int = 10, draws: int = 2) -> Callable:
+  """jit(fn)(params, key, x0_BHWC, known_BHWC) -> err_BK: for every class k,
+  the model's squared ε error on the known pixels (known = 1) of x0 noised
+  to `num_levels` timesteps spread evenly over [0.05 T, 0.95 T], `draws`
+  noise draws each, the same noise for every class, averaged. The class
+  with the lowest error is the one the model finds most likely for the known
+  pixels: the diffusion classifier of Li et al. (2023), restricted to them.
+  `apply(params, x_t, t_B, y_B) -> ε`."""
+  T = schedule.alphas_cumprod.shape[0]
+  t_L = jnp.asarray(np.round(np.linspace(0.05, 0.95, num_levels) * (T - 1)),
+                    jnp.int32)
+
+  def fn(params, key, x0, known):
+    B = x0.shape[0]
+
+    def level(err, i):
+      t_B = jnp.full((B,), t_L[i // draws], jnp.int32)
+      eps = jax.random.normal(jax.random.fold_in(key, i), x0.shape, x0.dtype)
+      x_t = diffusion.q_sample(schedule, x0, t_B, eps)
+
+      def one(k):
+        e = apply(params, x_t, t_B, jnp.full((B,), k, jnp.int32))
+        return jnp.sum(jnp.square(e - eps) * known, axis=(1, 2, 3))
+      return err + jax.lax.map(one, jnp.arange(num_classes)).T, None
+    err, _ = jax.lax.scan(level, jnp.zeros((B, num_classes), jnp.float32),
+                          jnp.arange(num_levels * draws))
+    return err / (num_levels * draws)
+  return jax.jit(fn)
+
+
 class Codec(NamedTuple):
   """A latent model's way between pixels and the space it denoises:
   encode(params, x_BHWC) -> z, decode(params, z) -> x_BHWC, and the factor f

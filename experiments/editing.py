@@ -20,7 +20,12 @@ Stages (each appends one JSON line per run to --out, with CPU, JAX, date):
   Gaussian-kernel posterior p(y | known pixels) over the 4,000 training
   digits (bandwidth by leave-one-out log-likelihood) gives E[p(true label |
   known)] on the edited digits: the identity rate of an ideal unconditional
-  completion, which draws the class from that posterior.
+  completion, which draws the class from that posterior. A second estimate:
+  a LeNet trained on the known pixels of the same digits, its temperature
+  fitted on 600 of them it did not train on;
+- `classifier`: the model as its own classifier of the known pixels (the
+  class with the lowest ε error there): what inferring the label first can
+  reach with this model.
 Per run: `acc_label` / `acc_uncond`: the judge's accuracy with respect to the
 true label; `fd`: LeNet FD of the edits against the reference digits;
 `seam`: the mean squared difference across the mask boundary (pixel pairs
@@ -53,7 +58,8 @@ _WORKDIR = flags.DEFINE_string('workdir', '/tmp/edit/mnist_heldout',
                                'A workdir trained with data.split=train_minus_heldout.')
 _NUM = flags.DEFINE_integer('num', 200, 'Held-out digits edited per run.')
 _BATCH = flags.DEFINE_integer('batch', 100, 'Images per sampling call.')
-_STAGE = flags.DEFINE_enum('stage', 'sweep', ['sweep', 'masks', 'img2img', 'ceiling'],
+_STAGE = flags.DEFINE_enum('stage', 'sweep', ['sweep', 'masks', 'img2img', 'ceiling',
+                                     'classifier'],
                            'What to run.')
 _STEPS = flags.DEFINE_list('steps', ['10', '20', '50'], 'Step counts (sweep).')
 _JUMPS = flags.DEFINE_list('jumps', ['0', '3'], 'RePaint jumps (sweep).')
@@ -61,8 +67,11 @@ _SAMPLERS = flags.DEFINE_list('samplers', None, 'Samplers (sweep; default: all).
 _RECON = flags.DEFINE_list('reconstruction', ['0'], 'Reconstruction guidance '
                            'weights (sweep; 0: off).')
 _RUNS = flags.DEFINE_list('runs', ['dpm++2m:20:0', 'ddpm:50:3'],
-                          'sampler:steps:jumps[:reconstruction] settings '
-                          '(masks, img2img).')
+                          'sampler:steps:jumps[:reconstruction] settings, '
+                          'or "defaults": the library\'s (masks, img2img).')
+_MASKS = flags.DEFINE_multi_enum(
+    'masks', ['right', 'bottom', 'centre', 'strokes', 'outpaint'],
+    ['right', 'bottom', 'centre', 'strokes', 'outpaint'], 'Masks (masks).')
 _STRENGTHS = flags.DEFINE_list('strengths', ['0.3', '0.5', '0.7', '0.9'],
                                'img2img strengths.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed of every run.')
@@ -141,10 +150,14 @@ def _pad(a: np.ndarray, p: int, value: float) -> np.ndarray:
   return np.pad(a, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=value) if p else a
 
 
-def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
-             steps: int, jumps: int, out: str, reconstruction: float = 0.0
-             ) -> None:
+def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask,
+             sampler: str | None, steps: int | None, jumps: int | None,
+             out: str, reconstruction: float | None = 0.0) -> None:
+  """One editing setting, with the label and without; sampler None: every
+  editing default of the library (an unlabeled edit infers its label),
+  else exactly this setting (no inferred label)."""
   x, y = judge.x, judge.y
+  defaults = sampler is None
   p = (pipe.image_shape[0] - SIZE) // 2
   if mask_name == 'outpaint':
     kw = dict(init_image=x[:, CENTRE, CENTRE], outpaint=(CENTRE.start + p,) * 4)
@@ -154,15 +167,18 @@ def edit_run(pipe, judge: Judge, head: dict, mask_name: str, mask, sampler: str,
     # whole init image, and its known latents would carry what is hidden
     kw = dict(init_image=_pad(np.where(mask > 0, -1.0, x), p, -1.0),
               mask=_pad(mask, p, 0.0))
-  row = dict(head, stage=_STAGE.value, mask=mask_name, sampler=sampler,
-             steps=steps, jumps=jumps, reconstruction=reconstruction,
+  row = dict(head, stage=_STAGE.value, mask=mask_name,
+             sampler=sampler or 'defaults', steps=steps, jumps=jumps,
+             reconstruction=reconstruction, infer_label=defaults,
              num=len(x), workdir=_WORKDIR.value)
   real_seam = seam(x, mask)
   for cond in ('label', 'uncond'):
     labels = y if cond == 'label' else None
     edits, first, per = timed(pipe, len(x), _BATCH.value, sampler=sampler,
                               num_steps=steps, jumps=jumps, labels=labels,
-                              reconstruction=reconstruction, **kw)
+                              reconstruction=reconstruction,
+                              **({} if defaults or labels is not None
+                                 else dict(infer_label=False)), **kw)
     edits = edits[:, p:p + SIZE, p:p + SIZE]
     acc, fd = judge.score(edits)
     row.update({f'acc_{cond}': acc, f'fd_{cond}': fd,
@@ -191,10 +207,37 @@ def img2img_run(pipe, judge: Judge, head: dict, sampler: str, steps: int,
   common.append_jsonl(out, row)
 
 
+def _softmax_t(logp: np.ndarray, temperature: float) -> np.ndarray:
+  z = logp / temperature
+  z = np.exp(z - z.max(1, keepdims=True))
+  return z / z.sum(1, keepdims=True)
+
+
+def lenet_posterior(judge: Judge, images: np.ndarray, labels: np.ndarray,
+                    known: np.ndarray) -> tuple[np.ndarray, float]:
+  """(p(y | known pixels) of the edited digits, temperature): a LeNet (the
+  judge's architecture) trained on the known pixels of the training digits
+  (the rest black), its temperature fitted on 600 of them held out of its
+  training (calibrated likelihood)."""
+  perm = np.random.default_rng(0).permutation(len(images))
+  val, fit = perm[:600], perm[600:]
+  a = (images * known).astype(np.uint8)
+  model = mnist_lenet.train_classifier(a[fit], labels[fit], steps=1500)
+  _, pv = mnist_lenet.classify(model, (a[val] / 127.5 - 1).astype(np.float32))
+  _, pe = mnist_lenet.classify(
+      model, np.where(known, judge.x, -1.0).astype(np.float32))
+  lv, le = np.log(pv + 1e-12), np.log(pe + 1e-12)
+  nll = lambda t: -np.log(_softmax_t(lv, t)[np.arange(len(val)),
+                                             labels[val]]).mean()
+  t = float(min(np.linspace(0.5, 4.0, 36), key=nll))
+  return _softmax_t(le, t), t
+
+
 def ceiling_run(judge: Judge, head: dict, out: str) -> None:
   from ddpm_jax.data import held_out_split, load_embedded_mnist
   src = load_embedded_mnist()
   train, _ = held_out_split(src.labels)
+  images = src.images[train].reshape(len(train), SIZE, SIZE, 1)
   ref = src.images[train].astype(np.float64).reshape(len(train), SIZE, SIZE) / 255
   ref_y = src.labels[train]
   x = (judge.x[..., 0].astype(np.float64) + 1) / 2
@@ -217,9 +260,46 @@ def ceiling_run(judge: Judge, head: dict, out: str) -> None:
     loo = lambda h: np.log(posterior(d, h)[np.arange(len(a)), ref_y]).mean()
     h = max((0.5, 0.75, 1.0, 1.5, 2.0, 3.0), key=loo)
     p = posterior(sq(b, a), h)
+    q, temperature = lenet_posterior(judge, images, ref_y, m[0] == 0)
+    at = np.arange(len(x)), judge.y
     row = dict(head, stage='ceiling', mask=name, num=len(x), bandwidth=h,
-               expected_p_true=float(p[np.arange(len(x)), judge.y].mean()),
-               argmax_acc=float((p.argmax(1) == judge.y).mean()))
+               expected_p_true=float(p[at].mean()),
+               argmax_acc=float((p.argmax(1) == judge.y).mean()),
+               lenet_expected_p_true=float(q[at].mean()),
+               lenet_argmax_acc=float((q.argmax(1) == judge.y).mean()),
+               lenet_temperature=temperature)
+    print(json.dumps(row), flush=True)
+    common.append_jsonl(out, row)
+
+
+def classifier_run(pipe, judge: Judge, head: dict, out: str,
+                   samples: int = 2) -> None:
+  """The model as its own classifier of the known pixels (Li et al., 2023,
+  "Your Diffusion Model is Secretly a Zero-Shot Classifier"): the class whose
+  ε-prediction error on the known pixels is lowest, averaged over 8 noise
+  levels t in [300, 950] x `samples` draws, the hidden pixels pure noise.
+  Its accuracy bounds what inferring the label and completing with it can
+  reach with this model."""
+  from ddpm_jax import schedules
+  d = pipe.config.diffusion
+  ab = schedules.schedule_arrays_np(
+      schedules.get_betas(d.schedule, d.num_timesteps))['alphas_cumprod']
+  x, y = judge.x, judge.y
+  rng = np.random.default_rng(_SEED.value)
+  for name, m in masks(len(x), _SEED.value).items():
+    t0 = time.perf_counter()
+    err = np.zeros((len(x), 10))
+    for t in np.linspace(300, 950, 8).astype(int):
+      for _ in range(samples):
+        eps = rng.standard_normal(x.shape).astype(np.float32)
+        x_t = np.where(m > 0, eps, np.sqrt(ab[t]) * x + np.sqrt(1 - ab[t]) * eps)
+        for c in range(10):
+          e = pipe.predict_noise(x_t.astype(np.float32), t, np.full(len(x), c))
+          err[:, c] += (np.square(e - eps) * (1 - m)).sum((1, 2, 3))
+    row = dict(head, stage='classifier', mask=name, num=len(x), samples=samples,
+               argmax_acc=float((err.argmin(1) == y).mean()),
+               s_per_image=(time.perf_counter() - t0) / len(x),
+               workdir=_WORKDIR.value)
     print(json.dumps(row), flush=True)
     common.append_jsonl(out, row)
 
@@ -227,6 +307,9 @@ def ceiling_run(judge: Judge, head: dict, out: str) -> None:
 def _runs(values):
   out = []
   for v in values:
+    if v == 'defaults':
+      out.append((None, None, None, None))
+      continue
     parts = v.split(':')
     if len(parts) not in (3, 4):
       common.fail(f'--runs takes sampler:steps:jumps[:reconstruction], got {v}')
@@ -248,8 +331,10 @@ def print_tables(path: str) -> None:
           '| FD label / uncond | seam label / uncond | s/image label / uncond |')
     print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
     for r in edit:
-      print(f"| {r['mask']} | {r['sampler']} | {r['steps']} | {r['jumps']} | "
-            f"{r.get('reconstruction', 0):g} | {_pair(r, 'acc', '.3f')} | "
+      dash = lambda v: '-' if v is None else f'{v:g}'
+      print(f"| {r['mask']} | {r['sampler']} | {dash(r['steps'])} | "
+            f"{dash(r['jumps'])} | {dash(r.get('reconstruction', 0))} | "
+            f"{_pair(r, 'acc', '.3f')} | "
             f"{_pair(r, 'fd', '.1f')} | {_pair(r, 'seam', '.2f')} | "
             f"{_pair(r, 's_per_image', '.3f')} |")
   i2i = [r for r in rows if r['stage'] == 'img2img']
@@ -261,14 +346,23 @@ def print_tables(path: str) -> None:
       print(f"| {r['sampler']} | {r['steps']} | {r['strength']} | "
             f"{_pair(r, 'acc', '.3f')} | {_pair(r, 'fd', '.1f')} | "
             f"{_pair(r, 'change', '.3f')} | {_pair(r, 's_per_image', '.3f')} |")
+  cls = [r for r in rows if r['stage'] == 'classifier']
+  if cls:
+    print('\n| known part of | the model as classifier: argmax acc. | s/image |')
+    print('| --- | --- | --- |')
+    for r in cls:
+      print(f"| {r['mask']} mask | {r['argmax_acc']:.3f} | {r['s_per_image']:.2f} |")
   ceil = [r for r in rows if r['stage'] == 'ceiling']
   if ceil:
-    print('\n| known part of | E[p(true label given the known pixels)] | '
-          'its argmax accuracy | bandwidth |')
-    print('| --- | --- | --- | --- |')
+    print('\n| known part of | kernel: E[p(true \\| known)] | kernel: argmax '
+          'acc. | LeNet on the known part: E[p(true \\| known)] | LeNet: '
+          'argmax acc. |')
+    print('| --- | --- | --- | --- | --- |')
     for r in ceil:
+      lenet = (f"{r['lenet_expected_p_true']:.3f} | {r['lenet_argmax_acc']:.3f}"
+               if 'lenet_argmax_acc' in r else '- | -')
       print(f"| {r['mask']} mask | {r['expected_p_true']:.3f} | "
-            f"{r['argmax_acc']:.3f} | {r['bandwidth']:g} |")
+            f"{r['argmax_acc']:.3f} | {lenet} |")
 
 
 def main() -> None:
@@ -287,6 +381,8 @@ def main() -> None:
   head = common.header()
   if _STAGE.value == 'ceiling':
     ceiling_run(judge, head, _OUT.value)
+  elif _STAGE.value == 'classifier':
+    classifier_run(pipe, judge, head, _OUT.value)
   elif _STAGE.value == 'sweep':
     m = masks(len(judge.x))['right']
     from ddpm_jax import options
@@ -301,7 +397,7 @@ def main() -> None:
   elif _STAGE.value == 'masks':
     all_masks = masks(len(judge.x), _SEED.value)
     for sampler, steps, jumps, w in _runs(_RUNS.value):
-      for name in ('right', 'bottom', 'centre', 'strokes', 'outpaint'):
+      for name in _MASKS.value:
         edit_run(pipe, judge, head, name, all_masks.get(name), sampler, steps,
                  jumps, _OUT.value, w)
   else:

@@ -310,6 +310,8 @@ def test_sample_bad_inputs_are_one_line_before_sampling(trained, tmp_path):
       ([f'--init-image={good}', '--outpaint=-2,2,2,2'], 'must be non-negative'),
       ([f'--init-image={good}', '--outpaint=1,0,0,0'], 'the nearest size that works'),
       (['--outpaint=2,2,2,2'], 'need an init image'),
+      ([f'--init-image={good}', '--strength=0.5', '--infer-label'],
+       '--infer-label needs a'),
       ([f'--init-image={tmp_path}', '--strength=0.5'], 'is a directory, not an image file'),
       ([f'--out={tmp_path / "adir.png"}'], 'is a directory'),
       (['--out=/proc/out.png'], 'output directory /proc is not writable'),  # even as root

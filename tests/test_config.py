@@ -68,3 +68,8 @@ def test_editing_defaults_are_checked(tiny_config):
       config_lib.validate(tiny_config)
   tiny_config.sampling.edit_reconstruction = 0.0
   config_lib.validate(tiny_config)
+  saved = config_lib.config_from_dict({'sampling': {'edit_infer_label': 'yes'}})
+  with pytest.raises(config_lib.ConfigError,
+                     match='^sampling.edit_infer_label must be True or False'):
+    config_lib.validate(saved)
+  assert config_lib.config_from_dict({}).sampling.edit_infer_label is True

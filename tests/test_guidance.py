@@ -3,6 +3,7 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,11 +11,14 @@ from conftest import train_zero_one, untrained_pipeline
 from ddpm_jax.errors import UserError
 
 
-def _pipeline(config, wrap=None, edit_reconstruction=0.0):
+def _pipeline(config, wrap=None, edit_reconstruction=0.0, edit_infer_label=False):
   """An untrained pipeline; its unconditional edits skip reconstruction
-  guidance (a backward pass to compile) unless a test is about it."""
+  guidance (a backward pass to compile) and label inference (a second pass)
+  unless a test is about them (None: the config's)."""
   if edit_reconstruction is not None:
     config.sampling.edit_reconstruction = edit_reconstruction
+  if edit_infer_label is not None:
+    config.sampling.edit_infer_label = edit_infer_label
   return untrained_pipeline(config, lambda p: jax.tree.map(lambda v: v + 0.02, p),
                             wrap)
 
@@ -317,17 +321,24 @@ def test_edits_take_the_editing_defaults_and_the_null_label(cond_config):
   """Inpainting and outpainting take sampling.edit_* for what they are not
   given (docs/results/editing.md chose them); without labels an edit is
   unconditional, not a cycle of classes."""
-  pipe = _pipeline(cond_config, edit_reconstruction=None)
+  pipe = _pipeline(cond_config, edit_reconstruction=None, edit_infer_label=None)
   s = cond_config.sampling
   x = np.zeros((8, 8, 1), np.float32)
   mask = np.zeros((8, 8, 1), np.float32)
   mask[:, 4:] = 1
-  req = pipe.request(4, 0, init_image=x, mask=mask)   # unconditional
+  req = pipe.request(4, 0, init_image=x, mask=mask)   # unconditional first
   a = dict(req.fn_args)
   assert (a['sampler'], a['num_steps'], a['jumps'], a['reconstruction']) == (
       s.edit_sampler, s.edit_num_steps, 0, s.edit_reconstruction) == (
           'euler_a', 20, 0, 20.0)
   assert (req.y == pipe.num_classes).all() and req.scale is None
+  # ... then with the labels the model infers: a labelled edit's defaults
+  assert s.edit_infer_label is True and req.labelled is not None
+  a = dict(req.labelled.fn_args)
+  assert (a['sampler'], a['jumps'], a['reconstruction']) == ('euler_a', 3, 0.0)
+  assert req.labelled.labelled is None
+  assert pipe.request(4, 0, init_image=x, mask=mask,
+                      infer_label=False).labelled is None
   a = dict(pipe.request(4, 0, init_image=x, mask=mask, labels=[1]).fn_args)
   assert (a['sampler'], a['num_steps'], a['jumps'], a['reconstruction']) == (
       'euler_a', 20, s.edit_jumps, 0.0) and s.edit_jumps == 3
@@ -391,3 +402,60 @@ def test_reconstruction_guidance_keeps_the_known_pixels_and_steers_the_rest(
                                   np.broadcast_to(x, guided.shape)[:, known])
     assert np.all(np.isfinite(guided))
     assert not np.allclose(guided[:, ~known], plain[:, ~known])
+
+
+def test_class_errors_equal_their_float64_formula():
+  """With a model that predicts ε exactly when x0 is class k's template, the
+  error of class k is ᾱ/(1−ᾱ) ‖known ⊙ (x0 − template_k)‖², whatever the
+  noise; the known pixels alone decide."""
+  from ddpm_jax import sampling, schedules
+  betas = schedules.get_betas('linear', 1000)
+  arr = schedules.schedule_arrays_np(betas)
+  rng = np.random.default_rng(0)
+  templates = rng.uniform(-1, 1, (4, 6, 6, 1))
+
+  def apply(params, x_t, t_B, y_B):
+    a = jnp.sqrt(jnp.asarray(arr['alphas_cumprod'], jnp.float32))[t_B]
+    s = jnp.sqrt(1 - jnp.asarray(arr['alphas_cumprod'], jnp.float32))[t_B]
+    tmpl = jnp.asarray(templates, jnp.float32)[y_B]
+    return (x_t - a[:, None, None, None] * tmpl) / s[:, None, None, None]
+  known = np.zeros((2, 6, 6, 1))
+  known[:, :, :3] = 1
+  x0 = np.where(known > 0, templates[[2, 1]], templates[[3, 3]])
+  fn = sampling.make_class_error_fn(apply, schedules.make_schedule(betas), 4,
+                                    num_levels=5, draws=2)
+  err = np.asarray(fn(None, jax.random.key(0), jnp.asarray(x0, jnp.float32),
+                      jnp.asarray(known, jnp.float32)))
+  t = np.round(np.linspace(0.05, 0.95, 5) * 999).astype(int)
+  snr = (arr['alphas_cumprod'] / (1 - arr['alphas_cumprod']))[t].mean()
+  want = snr * np.square(known[:, None] * (x0[:, None] - templates[None])
+                         ).sum((2, 3, 4))
+  np.testing.assert_allclose(err, want, rtol=2e-3, atol=1e-3)
+  assert list(err.argmin(1)) == [2, 1]
+
+
+def test_an_unlabeled_edit_infers_its_labels_then_completes_with_them(cond_config):
+  """The default unlabeled edit of a class-conditional model equals its two
+  steps done by hand: an unconditional pass, infer_labels on it, a labelled
+  pass. infer_label is checked."""
+  pipe = _pipeline(cond_config, edit_infer_label=True)
+  x = np.random.default_rng(2).uniform(-1, 1, (8, 8, 1)).astype(np.float32)
+  mask = np.zeros((8, 8, 1), np.float32)
+  mask[:, 4:] = 1
+  kw = dict(num=3, seed=5, init_image=x, mask=mask, num_steps=10)
+  out = pipe.sample(**kw)
+  first = pipe.sample(infer_label=False, **kw)
+  labels = pipe.infer_labels(first, 1 - mask, seed=5)
+  assert labels.shape == (3,) and labels.min() >= 0 and labels.max() < 10
+  np.testing.assert_array_equal(out, pipe.sample(labels=labels, **kw))
+  np.testing.assert_array_equal(out[:, :, :4], np.broadcast_to(x[:, :4], (3, 8, 4, 1)))
+  for extra, message in [
+      (dict(labels=[1], infer_label=True), 'give labels or infer_label, not both'),
+      (dict(infer_label='yes'), 'infer_label must be True or False'),
+      (dict(mask=None, strength=0.5, infer_label=True), 'needs a mask or outpaint')]:
+    with pytest.raises(UserError, match=message):
+      pipe.request(**{**kw, **extra})
+  plain = cond_config.copy_and_resolve_references()
+  plain.model.class_conditional = False
+  with pytest.raises(UserError, match='needs a class-conditional pixel model'):
+    _pipeline(plain).request(infer_label=True, **kw)

@@ -21,7 +21,9 @@ imported Stable Diffusion workdir (docs/stable_diffusion.md), with --prompt,
 --negative-prompt, --sampler ddim|euler|euler_a|dpm++2m|heun [--spacing
 karras], --height/--width and --vae DIR. Inpainting and outpainting use the
 config's editing defaults unless told: euler_a, 20 steps, and 3 jumps with
---label, or (a pixel model) reconstruction guidance of weight 20 without.
+--label, or (a pixel model) reconstruction guidance of weight 20 without;
+a class-conditional pixel model then infers the label from the known
+pixels and completes again with it (--noinfer-label: not).
 An edit writes 16 images unless --num says.
 
 Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
@@ -93,6 +95,13 @@ _RECONSTRUCTION = flags.DEFINE_float(
     'guidance weight (0: off; default: the config\'s '
     'sampling.edit_reconstruction for a pixel model without --label, else 0).')
 
+_INFER = flags.DEFINE_bool(
+    'infer-label', None, 'Inpainting and outpainting without --label, on a '
+    'class-conditional pixel model: complete once unconditionally, let the '
+    'model classify the known pixels, complete again with that label '
+    "(default: the config's sampling.edit_infer_label; --noinfer-label: "
+    'the unconditional completion alone).')
+
 
 def _labels() -> list[str] | None:
   """Class ids or names, as given (the pipeline resolves them)."""
@@ -146,7 +155,8 @@ def main() -> None:
       sampler=_SAMPLER.value, num_steps=_STEPS.value,
       guidance_scale=_GUIDANCE.value, strength=_STRENGTH.value,
       outpaint=_margins(), jumps=_JUMPS.value,
-      reconstruction=_RECONSTRUCTION.value, batch_size=_BATCH.value,
+      reconstruction=_RECONSTRUCTION.value, infer_label=_INFER.value,
+      batch_size=_BATCH.value,
       height=_HEIGHT.value, width=_WIDTH.value, vae=_VAE.value,
       overwrite=_OVERWRITE.value, **options)
   print('wrote ' + ', '.join(paths))
@@ -160,7 +170,8 @@ SPELLINGS = {'num': '--num', 'seed': '--seed',
              'negative_prompt': '--negative-prompt', 'strength': '--strength',
              'outpaint': '--outpaint', 'eta': '--eta', 'height': '--height',
              'width': '--width', 'vae': '--vae',
-             'reconstruction': '--reconstruction'}
+             'reconstruction': '--reconstruction',
+             'infer_label': '--infer-label'}
 
 
 def run() -> None:
