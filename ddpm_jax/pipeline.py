@@ -525,8 +525,15 @@ class Pipeline:
     if x.ndim != 4 or x.shape[3] != self._scan_shape(self.image_shape)[2]:
       raise UserError(f'x_BHWC has shape {x.shape}; this model takes [B, H, W, '
                       f'{self._scan_shape(self.image_shape)[2]}]')
-    known = np.broadcast_to(np.asarray(known_BHWC, np.float32),
-                            x.shape[:3] + (np.shape(known_BHWC)[-1],))
+    if not np.all(np.isfinite(x)):
+      raise UserError('x_BHWC holds NaN or infinite values')
+    known = np.asarray(known_BHWC, np.float32)
+    if known.ndim not in (3, 4) or known.shape[-1] not in (1, x.shape[3]) or (
+        known.shape[-3:-1] != x.shape[1:3]) or (
+            known.ndim == 4 and known.shape[0] not in (1, len(x))):
+      raise UserError(f'known_BHWC has shape {known.shape}; x_BHWC is '
+                      f'{x.shape} (a mask: [H, W, 1] or [B, H, W, 1])')
+    known = np.broadcast_to(known, x.shape[:3] + known.shape[-1:])
     batch = checks.integer('batch_size', batch_size, low=1, optional=True) or len(x)
     if 'class_errors' not in self._cache:
       self._cache['class_errors'] = sampling.make_class_error_fn(

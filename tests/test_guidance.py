@@ -447,6 +447,10 @@ def test_an_unlabeled_edit_infers_its_labels_then_completes_with_them(cond_confi
   first = pipe.sample(infer_label=False, **kw)
   labels = pipe.infer_labels(first, 1 - mask, seed=5)
   assert labels.shape == (3,) and labels.min() >= 0 and labels.max() < 10
+  with pytest.raises(UserError, match='known_BHWC has shape'):
+    pipe.infer_labels(first, np.ones((8, 8)))
+  with pytest.raises(UserError, match='x_BHWC holds NaN'):
+    pipe.infer_labels(np.full_like(first, np.nan), 1 - mask)
   np.testing.assert_array_equal(out, pipe.sample(labels=labels, **kw))
   np.testing.assert_array_equal(out[:, :, :4], np.broadcast_to(x[:, :4], (3, 8, 4, 1)))
   for extra, message in [
