@@ -330,12 +330,15 @@ def print_tables(path: str) -> None:
   rows = [json.loads(l) for l in open(path)]
   edit = [r for r in rows if r['stage'] in ('sweep', 'masks')]
   if edit:
-    print('| mask | sampler | steps | jumps | recon. | acc. label / uncond '
-          '| FD label / uncond | seam label / uncond | s/image label / uncond |')
-    print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+    models = len({r['workdir'] for r in edit}) > 1   # then a column names it
+    print('| ' + 'model | ' * models + 'mask | sampler | steps | jumps | recon. '
+          '| acc. label / uncond | FD label / uncond | seam label / uncond '
+          '| s/image label / uncond |')
+    print('| --- ' * (9 + models) + '|')
     for r in edit:
       dash = lambda v: '-' if v is None else f'{v:g}'
-      print(f"| {r['mask']} | {r['sampler']} | {dash(r['steps'])} | "
+      model = f"{os.path.basename(r['workdir'])} | " if models else ''
+      print(f"| {model}{r['mask']} | {r['sampler']} | {dash(r['steps'])} | "
             f"{dash(r['jumps'])} | {dash(r.get('reconstruction', 0))} | "
             f"{_pair(r, 'acc', '.3f')} | "
             f"{_pair(r, 'fd', '.1f')} | {_pair(r, 'seam', '.2f')} | "
