@@ -324,11 +324,12 @@ class Pipeline:
     sampling.edit_infer_label): a first, unconditional pass completes the
     images, the model classifies their known pixels (`infer_labels`) and a
     second pass completes them with those labels, both checked here."""
-    req = self._checked(num, seed, **kwargs)
     if not self._infers_label(infer_label, kwargs):
-      return req
+      return self._checked(num, seed, **kwargs)
+    # the first pass only gives the labels: it captures no frames
+    first = self._checked(num, seed, **{**kwargs, 'capture_every': 0})
     return dataclasses.replace(
-        req, labelled=self._checked(num, seed, **{**kwargs, 'labels': 0}))
+        first, labelled=self._checked(num, seed, **{**kwargs, 'labels': 0}))
 
   def _infers_label(self, infer_label, kwargs: dict) -> bool:
     edit = kwargs.get('mask') is not None or kwargs.get('outpaint') is not None
@@ -521,10 +522,7 @@ class Pipeline:
       raise RuntimeError('infer_labels before restore(): no parameters')
     if not self.kind.classes:
       raise UserError('infer_labels needs a class-conditional model')
-    x = np.asarray(x_BHWC, np.float32)
-    if x.ndim != 4 or x.shape[3] != self._scan_shape(self.image_shape)[2]:
-      raise UserError(f'x_BHWC has shape {x.shape}; this model takes [B, H, W, '
-                      f'{self._scan_shape(self.image_shape)[2]}]')
+    x = self._scan_images(x_BHWC)
     if not np.all(np.isfinite(x)):
       raise UserError('x_BHWC holds NaN or infinite values')
     known = np.asarray(known_BHWC, np.float32)
@@ -548,6 +546,16 @@ class Pipeline:
                                 _pad_to(x[i:i + n], batch),
                                 _pad_to(known[i:i + n], batch)))[:n])
     return np.concatenate(errs).argmin(1)
+
+  def _scan_images(self, x_BHWC) -> np.ndarray:
+    """x_BHWC as float32, checked against what the model's scan takes (a
+    latent model's latents)."""
+    x = np.asarray(x_BHWC, np.float32)
+    c = self._scan_shape(self.image_shape)[2]
+    if x.ndim != 4 or x.shape[3] != c:
+      raise UserError(f'x_BHWC has shape {x.shape}; this model takes '
+                      f'[B, H, W, {c}]')
+    return x
 
   def _run(self, req: SampleRequest, progress: bool
            ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -589,10 +597,7 @@ class Pipeline:
     if self.kind.text:
       raise UserError('predict_noise takes labels; a text model is sampled '
                       'with prompt= in sample()')
-    x = np.asarray(x_BHWC, np.float32)
-    if x.ndim != 4 or x.shape[3] != self._scan_shape(self.image_shape)[2]:
-      raise UserError(f'x_BHWC has shape {x.shape}; this model takes [B, H, W, '
-                      f'{self._scan_shape(self.image_shape)[2]}]')
+    x = self._scan_images(x_BHWC)
     t = np.broadcast_to(np.asarray(t_B), (x.shape[0],)).astype(np.int32)
     T = self.config.diffusion.num_timesteps
     if t.min() < 0 or t.max() >= T:

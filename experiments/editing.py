@@ -326,51 +326,53 @@ def _pair(r: dict, key: str, fmt: str) -> str:
   return f"{r[key + '_label']:{fmt}} / {r[key + '_uncond']:{fmt}}"
 
 
+def _table(header: list[str], lines: list[list[str]], gap: bool = True) -> None:
+  """One Markdown table (after a blank line unless `gap` is False)."""
+  print(('\n' if gap else '') + '| ' + ' | '.join(header) + ' |')
+  print('| --- ' * len(header) + '|')
+  for cells in lines:
+    print('| ' + ' | '.join(cells) + ' |')
+
+
 def print_tables(path: str) -> None:
   rows = [json.loads(l) for l in open(path)]
-  edit = [r for r in rows if r['stage'] in ('sweep', 'masks')]
+  of = lambda *stages: [r for r in rows if r['stage'] in stages]
+  dash = lambda v: '-' if v is None else f'{v:g}'
+  edit = of('sweep', 'masks')
   if edit:
     models = len({r['workdir'] for r in edit}) > 1   # then a column names it
-    print('| ' + 'model | ' * models + 'mask | sampler | steps | jumps | recon. '
-          '| acc. label / uncond | FD label / uncond | seam label / uncond '
-          '| s/image label / uncond |')
-    print('| --- ' * (9 + models) + '|')
-    for r in edit:
-      dash = lambda v: '-' if v is None else f'{v:g}'
-      model = f"{os.path.basename(r['workdir'])} | " if models else ''
-      print(f"| {model}{r['mask']} | {r['sampler']} | {dash(r['steps'])} | "
-            f"{dash(r['jumps'])} | {dash(r.get('reconstruction', 0))} | "
-            f"{_pair(r, 'acc', '.3f')} | "
-            f"{_pair(r, 'fd', '.1f')} | {_pair(r, 'seam', '.2f')} | "
-            f"{_pair(r, 's_per_image', '.3f')} |")
-  i2i = [r for r in rows if r['stage'] == 'img2img']
-  if i2i:
-    print('\n| sampler | steps | strength | acc. label / uncond | FD label / uncond '
-          '| mean change label / uncond | s/image label / uncond |')
-    print('| --- | --- | --- | --- | --- | --- | --- |')
-    for r in i2i:
-      print(f"| {r['sampler']} | {r['steps']} | {r['strength']} | "
-            f"{_pair(r, 'acc', '.3f')} | {_pair(r, 'fd', '.1f')} | "
-            f"{_pair(r, 'change', '.3f')} | {_pair(r, 's_per_image', '.3f')} |")
-  cls = [r for r in rows if r['stage'] == 'classifier']
-  if cls:
-    print('\n| known part of | model | hidden part | the model as classifier: '
-          'acc. | s/image |')
-    print('| --- | --- | --- | --- | --- |')
-    for r in cls:
-      print(f"| {r['mask']} mask | {os.path.basename(r['workdir'])} | "
-            f"{r['context']} | {r['argmax_acc']:.3f} | {r['s_per_image']:.2f} |")
-  ceil = [r for r in rows if r['stage'] == 'ceiling']
-  if ceil:
-    print('\n| known part of | kernel: E[p(true \\| known)] | kernel: argmax '
-          'acc. | LeNet on the known part: E[p(true \\| known)] | LeNet: '
-          'argmax acc. |')
-    print('| --- | --- | --- | --- | --- |')
-    for r in ceil:
-      lenet = (f"{r['lenet_expected_p_true']:.3f} | {r['lenet_argmax_acc']:.3f}"
-               if 'lenet_argmax_acc' in r else '- | -')
-      print(f"| {r['mask']} mask | {r['expected_p_true']:.3f} | "
-            f"{r['argmax_acc']:.3f} | {lenet} |")
+    _table(['model'] * models + [
+        'mask', 'sampler', 'steps', 'jumps', 'recon.', 'acc. label / uncond',
+        'FD label / uncond', 'seam label / uncond', 's/image label / uncond'],
+        [[os.path.basename(r['workdir'])] * models + [
+            r['mask'], r['sampler'], dash(r['steps']), dash(r['jumps']),
+            dash(r.get('reconstruction', 0)), _pair(r, 'acc', '.3f'),
+            _pair(r, 'fd', '.1f'), _pair(r, 'seam', '.2f'),
+            _pair(r, 's_per_image', '.3f')] for r in edit], gap=False)
+  if of('img2img'):
+    _table(['sampler', 'steps', 'strength', 'acc. label / uncond',
+            'FD label / uncond', 'mean change label / uncond',
+            's/image label / uncond'],
+           [[str(r['sampler']), str(r['steps']), str(r['strength']),
+             _pair(r, 'acc', '.3f'), _pair(r, 'fd', '.1f'),
+             _pair(r, 'change', '.3f'), _pair(r, 's_per_image', '.3f')]
+            for r in of('img2img')])
+  if of('classifier'):
+    _table(['known part of', 'model', 'hidden part',
+            'the model as classifier: acc.', 's/image'],
+           [[f"{r['mask']} mask", os.path.basename(r['workdir']), r['context'],
+             f"{r['argmax_acc']:.3f}", f"{r['s_per_image']:.2f}"]
+            for r in of('classifier')])
+  if of('ceiling'):
+    _table(['known part of', 'kernel: E[p(true \\| known)]',
+            'kernel: argmax acc.',
+            'LeNet on the known part: E[p(true \\| known)]',
+            'LeNet: argmax acc.'],
+           [[f"{r['mask']} mask", f"{r['expected_p_true']:.3f}",
+             f"{r['argmax_acc']:.3f}",
+             *((f"{r['lenet_expected_p_true']:.3f}",
+                f"{r['lenet_argmax_acc']:.3f}") if 'lenet_argmax_acc' in r
+               else ('-', '-'))] for r in of('ceiling')])
 
 
 def main() -> None:

@@ -337,6 +337,9 @@ def test_edits_take_the_editing_defaults_and_the_null_label(cond_config):
   a = dict(req.labelled.fn_args)
   assert (a['sampler'], a['jumps'], a['reconstruction']) == ('euler_a', 3, 0.0)
   assert req.labelled.labelled is None
+  req = pipe.request(4, 0, init_image=x, mask=mask, capture_every=5, jumps=0)
+  assert (dict(req.fn_args)['capture_every'],
+          dict(req.labelled.fn_args)['capture_every']) == (0, 5)  # frames: pass 2
   assert pipe.request(4, 0, init_image=x, mask=mask,
                       infer_label=False).labelled is None
   a = dict(pipe.request(4, 0, init_image=x, mask=mask, labels=[1]).fn_args)
