@@ -323,13 +323,20 @@ class Pipeline:
     model without labels infers them (`infer_label`, default the config's
     sampling.edit_infer_label): a first, unconditional pass completes the
     images, the model classifies their known pixels (`infer_labels`) and a
-    second pass completes them with those labels, both checked here."""
+    second pass completes them again with those labels, both checked here.
+    The second pass is the first with the label: the conditional model
+    (`guidance_scale`, default 1) and the same reconstruction guidance,
+    which keeps a wrongly inferred label from overruling the known pixels
+    (docs/results/editing.md)."""
     if not self._infers_label(infer_label, kwargs):
       return self._checked(num, seed, **kwargs)
-    # the first pass only gives the labels: it captures no frames
-    first = self._checked(num, seed, **{**kwargs, 'capture_every': 0})
-    return dataclasses.replace(
-        first, labelled=self._checked(num, seed, **{**kwargs, 'labels': 0}))
+    # the first pass only gives the labels: no guidance scale, no frames
+    first = self._checked(num, seed, **{
+        **kwargs, 'guidance_scale': None, 'capture_every': 0})
+    scale = kwargs.get('guidance_scale')
+    second = {**kwargs, 'labels': 0, 'guidance_scale': 1.0 if scale is None
+              else scale, 'reconstruction': dict(first.fn_args)['reconstruction']}
+    return dataclasses.replace(first, labelled=self._checked(num, seed, **second))
 
   def _infers_label(self, infer_label, kwargs: dict) -> bool:
     edit = kwargs.get('mask') is not None or kwargs.get('outpaint') is not None
@@ -515,8 +522,9 @@ class Pipeline:
                    batch_size: int | None = None) -> np.ndarray:
     """The class each image's known pixels (known = 1) are most likely to
     show, by the model itself: the lowest ε error on them over 10 noise
-    levels x 2 draws (`sampling.make_class_error_fn`). Given completed
-    images, the completion is the context of the known part; this is how an
+    levels in [0.2 T, 0.8 T] x 2 draws (`sampling.make_class_error_fn`).
+    Given completed images, the completion is the context of the known
+    part; this is how an
     unlabeled edit picks its labels (docs/results/editing.md)."""
     if self.params is None:
       raise RuntimeError('infer_labels before restore(): no parameters')
@@ -632,7 +640,8 @@ class Pipeline:
     reconstruction guidance (`reconstruction=` weight, default the config's
     sampling.edit_reconstruction for a pixel model; jumps then default to
     0); a class-conditional pixel model then infers the labels from the
-    known pixels and completes again with them (`infer_label=`, default
+    known pixels and completes again with them, the same way, at
+    `guidance_scale` (default 1) (`infer_label=`, default
     sampling.edit_infer_label; see `request`). A latent model
     takes the same arguments: the scan runs on latents and is decoded; with
     a mask (or outpaint), `paste_known=False` keeps the decoder's pixels

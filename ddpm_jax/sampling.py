@@ -162,16 +162,19 @@ def reconstruction_eps_fn(eps_fn: EpsFn, sampler: Sampler, known_x0: jax.Array,
 
 
 def make_class_error_fn(apply: Callable, schedule: Schedule, num_classes: int,
-                        num_levels: int = 10, draws: int = 2) -> Callable:
+                        num_levels: int = 10, draws: int = 2,
+                        t_range: tuple[float, float] = (0.2, 0.8)) -> Callable:
   """jit(fn)(params, key, x0_BHWC, known_BHWC) -> err_BK: for every class k,
   the model's squared ε error on the known pixels (known = 1) of x0 noised
-  to `num_levels` timesteps spread evenly over [0.05 T, 0.95 T], `draws`
-  noise draws each, the same noise for every class, averaged. The class
-  with the lowest error is the one the model finds most likely for the known
-  pixels: the diffusion classifier of Li et al. (2023), restricted to them.
-  `apply(params, x_t, t_B, y_B) -> ε`."""
+  to `num_levels` timesteps spread evenly over [t_range[0] T, t_range[1] T],
+  `draws` noise draws each, the same noise for every class, averaged. The
+  class with the lowest error is the one the model finds most likely for
+  the known pixels: the diffusion classifier of Li et al. (2023), restricted
+  to them. The middle of the schedule tells the classes apart best (the
+  lowest and highest noise levels add little but noise to the sum;
+  docs/results/editing.md). `apply(params, x_t, t_B, y_B) -> ε`."""
   T = schedule.alphas_cumprod.shape[0]
-  t_L = jnp.asarray(np.round(np.linspace(0.05, 0.95, num_levels) * (T - 1)),
+  t_L = jnp.asarray(np.round(np.linspace(*t_range, num_levels) * (T - 1)),
                     jnp.int32)
 
   def fn(params, key, x0, known):

@@ -23,7 +23,8 @@ karras], --height/--width and --vae DIR. Inpainting and outpainting use the
 config's editing defaults unless told: euler_a, 20 steps, and 3 jumps with
 --label, or (a pixel model) reconstruction guidance of weight 20 without;
 a class-conditional pixel model then infers the label from the known
-pixels and completes again with it (--noinfer-label: not).
+pixels and completes again with it, the same way (guidance scale 1 unless
+--guidance-scale says; --noinfer-label: not).
 An edit writes 16 images unless --num says.
 
 Writes the PNG grid --out; with --npy the raw samples in [-1, 1] as
@@ -98,7 +99,8 @@ _RECONSTRUCTION = flags.DEFINE_float(
 _INFER = flags.DEFINE_bool(
     'infer-label', None, 'Inpainting and outpainting without --label, on a '
     'class-conditional pixel model: complete once unconditionally, let the '
-    'model classify the known pixels, complete again with that label '
+    'model classify the known pixels, complete again with that label, '
+    'the same reconstruction guidance and --guidance-scale (default 1) '
     "(default: the config's sampling.edit_infer_label; --noinfer-label: "
     'the unconditional completion alone).')
 
