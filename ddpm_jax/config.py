@@ -154,7 +154,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.edit_reconstruction = 20.0
   # An edit of a class-conditional pixel model without a label: complete
   # once unconditionally, let the model classify the known pixels
-  # (Pipeline.infer_labels), complete again with those labels.
+  # (Pipeline.infer_labels), complete again the same way with those labels
+  # (guidance scale 1, the reconstruction guidance above).
   c.sampling.edit_infer_label = True
   return c
 

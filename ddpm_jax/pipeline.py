@@ -524,8 +524,8 @@ class Pipeline:
     show, by the model itself: the lowest ε error on them over 10 noise
     levels in [0.2 T, 0.8 T] x 2 draws (`sampling.make_class_error_fn`).
     Given completed images, the completion is the context of the known
-    part; this is how an
-    unlabeled edit picks its labels (docs/results/editing.md)."""
+    part; this is how an unlabeled edit picks its labels
+    (docs/results/editing.md)."""
     if self.params is None:
       raise RuntimeError('infer_labels before restore(): no parameters')
     if not self.kind.classes:
