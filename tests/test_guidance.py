@@ -446,8 +446,8 @@ def test_class_errors_equal_their_float64_formula():
 
 def test_an_unlabeled_edit_infers_its_labels_then_completes_with_them(cond_config):
   """The default unlabeled edit of a class-conditional model equals its two
-  steps done by hand: an unconditional pass, infer_labels on it, a labelled
-  pass. infer_label is checked."""
+  steps done by hand: an unconditional pass, infer_labels on it, the same
+  pass with those labels at guidance scale 1. infer_label is checked."""
   pipe = _pipeline(cond_config, edit_infer_label=True)
   x = np.random.default_rng(2).uniform(-1, 1, (8, 8, 1)).astype(np.float32)
   mask = np.zeros((8, 8, 1), np.float32)
