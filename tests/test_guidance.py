@@ -454,6 +454,9 @@ def test_an_unlabeled_edit_infers_its_labels_then_completes_with_them(cond_confi
   mask[:, 4:] = 1
   kw = dict(num=3, seed=5, init_image=x, mask=mask, num_steps=10)
   out = pipe.sample(**kw)
+  # the second pass differs from the first only in its labels: one function
+  sample_fns = [k for k in pipe._cache if k != 'class_errors']
+  assert sample_fns == [pipe.request(**kw).labelled.fn_args + (('batch', 3),)]
   first = pipe.sample(infer_label=False, **kw)
   labels = pipe.infer_labels(first, 1 - mask, seed=5)
   assert labels.shape == (3,) and labels.min() >= 0 and labels.max() < 10
