@@ -149,7 +149,7 @@ def run_recipe(name: str, overrides: dict, budget: float, root: str, num: int,
           'confident_share': report['confident_share'],
           'real_confident_share': report['real_confident_share'],
           'class_entropy_bits': round(report['class_entropy_bits'], 3),
-          'sampler': f'{sampler}-{steps}', 'guidance_scale': guidance,
+          'sampler': f'{sampler}-{steps}', 'guidance_scale': float(config.sampling.guidance_scale),
           'requested_class_accuracy': report.get('requested_class_accuracy'),
           'sampling_s': report['sampling_seconds'], **common.header()}
 
